@@ -1,0 +1,1 @@
+"""fleetdeck: inventory, vault, scaffolding and the runner service for fleets of app instances."""
