@@ -1,0 +1,1 @@
+"""refapp: the reference application fleetdeck deploys in tests and the demo."""

@@ -1,0 +1,5 @@
+import sys
+
+from refapp.cli import main
+
+sys.exit(main())
