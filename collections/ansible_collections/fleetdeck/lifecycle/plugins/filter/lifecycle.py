@@ -1,0 +1,113 @@
+# Copyright: fleetdeck contributors
+# MIT License (see galaxy.yml)
+"""Filters for rolling upgrades and status reporting: batch_plan, redact, release_summary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import quote, quote_plus
+
+from ansible.errors import AnsibleFilterError
+from ansible.utils.helpers import pct_to_int
+
+MASK = "********"
+
+
+def batch_plan(hosts_count, serial=None):
+    """Batch sizes Ansible uses for ``hosts_count`` hosts and a play's ``serial`` value.
+
+    Mirrors PlaybookExecutor._get_serialized_batches: percentages are of the total host count and
+    at least 1, a value <= 0 (or no serial) means one batch with every host, and the last list item
+    repeats until the hosts run out.
+    """
+    try:
+        total = int(hosts_count)
+    except (TypeError, ValueError) as e:
+        raise AnsibleFilterError(f"batch_plan: host count must be an integer, got {hosts_count!r}") from e
+    if serial is None or serial == "":
+        items = []
+    elif isinstance(serial, (list, tuple)):
+        items = list(serial)
+    else:
+        items = [serial]
+    items = items or [-1]
+
+    plan = []
+    remaining = total
+    while remaining > 0:
+        item = items[min(len(plan), len(items) - 1)]
+        try:
+            size = pct_to_int(item, total)
+        except (TypeError, ValueError) as e:
+            raise AnsibleFilterError(f"batch_plan: invalid serial value {item!r}") from e
+        size = remaining if size <= 0 else min(size, remaining)
+        plan.append(size)
+        remaining -= size
+    return plan
+
+
+def _redact_text(text, needles):
+    for needle in needles:
+        text = text.replace(needle, MASK)
+    return text
+
+
+def _redact(data, needles):
+    if isinstance(data, str):
+        return _redact_text(data, needles)
+    if isinstance(data, Mapping):
+        return {key: _redact(value, needles) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_redact(item, needles) for item in data]
+    return data
+
+
+def redact(data, secrets):
+    """Replace each non-empty secret, and its URL-encoded forms, by ``********`` in strings, dict values
+    and list items, recursively. Dict keys and non-string scalars are left as they are."""
+    if isinstance(secrets, (str, int, float)):
+        secrets = [secrets]
+    needles = set()
+    for secret in secrets or []:
+        if secret is None or str(secret) == "":
+            continue
+        secret = str(secret)
+        needles.update((secret, quote(secret, safe=""), quote_plus(secret, safe="")))
+    # Longest first, so a secret containing another secret is masked as a whole.
+    return _redact(data, sorted(needles, key=len, reverse=True))
+
+
+def release_summary(mapping, key=None):
+    """Rows ``{instance, current, previous, last_change}`` sorted by instance.
+
+    ``mapping`` maps an instance to its release fact ``{current, previous, history: [{version, at}]}``;
+    with ``key`` it is hostvars-like and the release fact is read from ``mapping[instance][key]``.
+    ``last_change`` is the latest ``at`` in the history (ISO 8601 timestamps sort as text).
+    """
+    if not isinstance(mapping, Mapping):
+        raise AnsibleFilterError(f"release_summary: expected a mapping, got {type(mapping).__name__}")
+    rows = []
+    for instance in sorted(mapping):
+        fact = mapping[instance]
+        if key is not None:
+            fact = fact.get(key) if isinstance(fact, Mapping) else None
+        if not isinstance(fact, Mapping):
+            fact = {}
+        stamps = [str(entry["at"]) for entry in fact.get("history") or []
+                  if isinstance(entry, Mapping) and entry.get("at")]
+        rows.append({
+            "instance": instance,
+            "current": fact.get("current"),
+            "previous": fact.get("previous"),
+            "last_change": max(stamps, default=None),
+        })
+    return rows
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "batch_plan": batch_plan,
+            "redact": redact,
+            "release_summary": release_summary,
+        }

@@ -1,0 +1,284 @@
+#!/usr/bin/python
+# Copyright: fleetdeck contributors
+# MIT License (see galaxy.yml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: health_check
+short_description: Wait until an HTTP health endpoint reports healthy
+version_added: 0.1.0
+description:
+  - Polls an HTTP(S) health URL from the managed host until the answer is healthy, the number of
+    attempts is used up or the overall deadline passes.
+  - An answer is healthy when the HTTP status code equals O(status_code), the body is a JSON object whose
+    C(status) equals O(expected_status) and, if O(expected_version) is set, whose C(version) equals it.
+  - The module only reads, so it runs normally in check mode and never reports a change.
+  - On failure the message names the URL, the attempts and time spent, and the last answer in words.
+options:
+  url:
+    description: Health endpoint to poll, for example V(http://127.0.0.1:8080/health).
+    type: str
+    required: true
+  expected_version:
+    description:
+      - Version the instance must report in the JSON C(version) field.
+      - When unset, any version is accepted.
+    type: str
+  expected_status:
+    description: Value the JSON C(status) field must have.
+    type: str
+    default: ok
+  status_code:
+    description: HTTP status code of a healthy answer.
+    type: int
+    default: 200
+  retries:
+    description: Maximum number of attempts (at least 1).
+    type: int
+    default: 30
+  delay:
+    description: Seconds to wait between attempts.
+    type: float
+    default: 1
+  timeout:
+    description: Seconds each request may take.
+    type: float
+    default: 5
+  overall_timeout:
+    description:
+      - Hard deadline in seconds for the whole check, whatever O(retries) says.
+      - Requests are shortened so they do not run past it.
+    type: float
+  validate_certs:
+    description: Verify TLS certificates for V(https) URLs.
+    type: bool
+    default: true
+  headers:
+    description:
+      - Extra request headers.
+      - Like every option they show up in the task result's C(invocation); use C(no_log) on the task
+        when they carry a token.
+    type: dict
+    default: {}
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+author:
+  - fleetdeck maintainers
+"""
+
+EXAMPLES = r"""
+- name: Wait until the new release answers healthy
+  fleetdeck.lifecycle.health_check:
+    url: "http://127.0.0.1:{{ app_port }}/health"
+    expected_version: "{{ app_version }}"
+    retries: 60
+    delay: 2
+    overall_timeout: 150
+
+- name: Probe once, without failing the play
+  fleetdeck.lifecycle.health_check:
+    url: https://app.example.internal/health
+    retries: 1
+    headers:
+      Authorization: "Bearer {{ health_token }}"
+  register: probe
+  ignore_errors: true
+"""
+
+RETURN = r"""
+healthy:
+  description: Whether the last answer was healthy.
+  returned: always
+  type: bool
+  sample: true
+attempts:
+  description: Number of requests made.
+  returned: always
+  type: int
+  sample: 3
+elapsed:
+  description: Seconds spent polling.
+  returned: always
+  type: float
+  sample: 2.013
+status_code:
+  description: HTTP status code of the last answer, or -1 if there was none.
+  returned: always
+  type: int
+  sample: 200
+body:
+  description: Last answer body, parsed JSON if possible, otherwise text trimmed to 2 KiB.
+  returned: always
+  type: raw
+  sample: {"status": "ok", "version": "1.2.0"}
+version:
+  description: C(version) reported in the last answer, if any.
+  returned: always
+  type: str
+  sample: 1.2.0
+"""
+
+import http.client  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import ssl  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.urls import open_url  # noqa: E402
+
+BODY_LIMIT = 2048
+DETAIL_LIMIT = 8
+
+
+def _describe_error(exc, timeout):
+    """One short phrase for a request that produced no HTTP answer."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(reason, socket.gaierror):
+        return f"name resolution failed ({reason.strerror})"
+    if isinstance(reason, http.client.RemoteDisconnected):
+        return "connection closed without an answer"
+    if isinstance(reason, ConnectionResetError):
+        return "connection reset"
+    if isinstance(reason, ssl.SSLError):
+        return f"TLS error ({reason})"
+    return " ".join(str(reason).split()) or type(reason).__name__
+
+
+def _request(url, headers, timeout, validate_certs):
+    """One request: (status_code, raw body, None), or (-1, None, error phrase) when there was no answer."""
+    try:
+        with open_url(url, headers=headers, timeout=timeout, validate_certs=validate_certs) as resp:
+            return resp.status, resp.read(), None
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, e.read(), None
+        except (OSError, http.client.HTTPException):
+            return e.code, b"", None
+    except ValueError:
+        raise  # a malformed URL will not get better by retrying
+    except Exception as e:  # open_url raises ansible's own errors too, e.g. for TLS validation
+        return -1, None, _describe_error(e, timeout)
+
+
+def _parse(raw):
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text[:BODY_LIMIT]
+
+
+def _is_healthy(code, body, params):
+    if code != params["status_code"] or not isinstance(body, dict):
+        return False
+    if body.get("status") != params["expected_status"]:
+        return False
+    expected = params["expected_version"]
+    return expected is None or str(body.get("version")) == expected
+
+
+def _short(value):
+    text = " ".join(str(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe_answer(code, body, params):
+    """The last HTTP answer in words, e.g. 'HTTP 503, status=failing, database=unreachable'."""
+    if not isinstance(body, dict):
+        if not body:
+            return f"HTTP {code}, empty body"
+        return f"HTTP {code}, body is not a JSON object: {_short(body)!r}"
+    words = [f"HTTP {code}"]
+    words.append(f"status={_short(body['status'])}" if "status" in body else "no status")
+    expected = params["expected_version"]
+    version = f"version={_short(body['version'])}" if "version" in body else "no version"
+    words.append(f"{version} (expected {expected})" if expected is not None else version)
+    # Other scalar fields, one level of nesting deep (e.g. {"checks": {"database": "unreachable"}}).
+    details = []
+    for key, value in body.items():
+        if key in ("status", "version"):
+            continue
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        details.extend(f"{k}={_short(v)}" for k, v in items if not isinstance(v, (dict, list)))
+    if len(details) > DETAIL_LIMIT:
+        details = [*details[:DETAIL_LIMIT], f"{len(details) - DETAIL_LIMIT} more"]
+    return ", ".join(words + details)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type="str", required=True),
+            expected_version=dict(type="str"),
+            expected_status=dict(type="str", default="ok"),
+            status_code=dict(type="int", default=200),
+            retries=dict(type="int", default=30),
+            delay=dict(type="float", default=1.0),
+            timeout=dict(type="float", default=5.0),
+            overall_timeout=dict(type="float"),
+            validate_certs=dict(type="bool", default=True),
+            headers=dict(type="dict", default={}),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["retries"] < 1:
+        module.fail_json(msg="retries must be at least 1")
+    overall = p["overall_timeout"]
+    if p["timeout"] <= 0 or p["delay"] < 0 or (overall is not None and overall <= 0):
+        module.fail_json(msg="timeout and overall_timeout must be positive, delay must not be negative")
+
+    start = time.monotonic()
+    deadline = None if overall is None else start + overall
+    attempts = 0
+    while True:
+        timeout = p["timeout"] if deadline is None else min(p["timeout"], deadline - time.monotonic())
+        attempts += 1
+        try:
+            code, raw, error = _request(p["url"], p["headers"], timeout, p["validate_certs"])
+        except ValueError as e:
+            module.fail_json(msg=f"health check of {p['url']}: invalid URL ({e})", healthy=False)
+        body = None if error else _parse(raw)
+        healthy = not error and _is_healthy(code, body, p)
+        if healthy or attempts >= p["retries"]:
+            break
+        # No point in pausing when the deadline would pass before the next request could start.
+        if deadline is not None and deadline - time.monotonic() <= p["delay"]:
+            break
+        time.sleep(p["delay"])
+
+    elapsed = time.monotonic() - start
+    result = dict(
+        changed=False,
+        healthy=healthy,
+        attempts=attempts,
+        elapsed=round(elapsed, 3),
+        status_code=code,
+        body=body,
+        version=str(body["version"]) if isinstance(body, dict) and "version" in body else None,
+    )
+    if healthy:
+        module.exit_json(**result)
+    last = f"last attempt {error}" if error else f"last answer {_describe_answer(code, body, p)}"
+    noun = "attempt" if attempts == 1 else "attempts"
+    module.fail_json(
+        msg=f"health check of {p['url']} failed after {attempts} {noun} in {elapsed:.1f}s: {last}", **result
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The audit callback, exercised through real ansible-playbook runs against local hosts."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+COLLECTIONS_PATH = Path(__file__).resolve().parents[7]
+PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
+FIELDS = ["time", "operator", "source", "playbook", "action", "instance", "version_from", "version_to",
+          "result", "changed", "check_mode"]
+
+UPGRADE = """
+- hosts: app
+  gather_facts: false
+  vars:
+    fleetdeck_audit_action: upgrade
+    db_password: hunter2
+  tasks:
+    - ansible.builtin.set_fact:
+        fleetdeck_audit_version_from: "1.1.0"
+        fleetdeck_audit_version_to: "{{ target_version }}"
+    - ansible.builtin.command: "true"
+    - ansible.builtin.command: "true"
+      when: inventory_hostname == 'web1'
+    - ansible.builtin.fail:
+        msg: "migration failed for {{ db_password }}"
+      when: inventory_hostname == 'web2'
+"""
+
+
+def write_inventory(tmp_path, *names, extra=""):
+    lines = ["[app]", *names, "[all:vars]", "ansible_connection=local",
+             f"ansible_python_interpreter={sys.executable}", "target_version=1.2.0", extra]
+    (tmp_path / "inventory").write_text("\n".join(lines) + "\n")
+
+
+def run_playbook(tmp_path, text, *args, name="upgrade.yml", env=None, wait=True):
+    (tmp_path / name).write_text(text)
+    full_env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(tmp_path / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH),
+        ANSIBLE_CALLBACKS_ENABLED="fleetdeck.lifecycle.audit",
+        FLEETDECK_AUDIT_LOG=str(tmp_path / "state" / "fleetdeck" / "audit.log"),
+        FLEETDECK_OPERATOR="alice",
+    )
+    full_env.pop("FLEETDECK_RUN_SOURCE", None)
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    cmd = [str(PLAYBOOK_BIN), "-i", "inventory", name, *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    return subprocess.run(cmd, env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def read_log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_one_line_per_host_with_all_fields(tmp_path):
+    write_inventory(tmp_path, "web1", "web2", "web3")
+    started = datetime.now(UTC).replace(microsecond=0)
+    proc = run_playbook(tmp_path, UPGRADE)
+    assert proc.returncode == 2, proc.stdout  # web2 fails
+
+    log = tmp_path / "state" / "fleetdeck" / "audit.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    lines = read_log(log)
+    assert [line["instance"] for line in lines] == ["web1", "web2", "web3"]
+    for line in lines:
+        assert list(line) == FIELDS
+        assert line["operator"] == "alice"
+        assert line["source"] == "cli"
+        assert line["playbook"] == "upgrade.yml"
+        assert line["action"] == "upgrade"
+        assert line["version_from"] == "1.1.0"
+        assert line["version_to"] == "1.2.0"
+        assert line["check_mode"] is False
+        when = datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert started <= when <= datetime.now(UTC) + timedelta(seconds=1)
+    by_host = {line["instance"]: line for line in lines}
+    assert (by_host["web1"]["result"], by_host["web1"]["changed"]) == ("changed", 2)
+    assert (by_host["web2"]["result"], by_host["web2"]["changed"]) == ("failed", 1)
+    assert (by_host["web3"]["result"], by_host["web3"]["changed"]) == ("changed", 1)
+    assert "hunter2" not in log.read_text()
+
+
+def test_runs_append_and_record_check_mode_and_source(tmp_path):
+    write_inventory(tmp_path, "web1")
+    assert run_playbook(tmp_path, UPGRADE).returncode == 0
+    proc = run_playbook(tmp_path, UPGRADE, "--check", env={"FLEETDECK_RUN_SOURCE": "runner:42"})
+    assert proc.returncode == 0, proc.stdout
+    first, second = read_log(tmp_path / "state" / "fleetdeck" / "audit.log")
+    assert (first["check_mode"], first["source"]) == (False, "cli")
+    assert (second["check_mode"], second["source"]) == (True, "runner:42")
+
+
+def test_play_without_action_writes_nothing(tmp_path):
+    write_inventory(tmp_path, "web1")
+    proc = run_playbook(tmp_path, "- hosts: app\n  gather_facts: false\n  tasks:\n"
+                                  "    - ansible.builtin.command: 'true'\n")
+    assert proc.returncode == 0, proc.stdout
+    assert not (tmp_path / "state").exists()
+
+
+def test_only_hosts_of_audited_plays_and_unset_versions(tmp_path):
+    write_inventory(tmp_path, "web1", extra="[db]\ndb1")
+    text = """
+- hosts: db
+  gather_facts: false
+  tasks:
+    - ansible.builtin.command: "true"
+
+- hosts: app
+  gather_facts: false
+  vars:
+    fleetdeck_audit_action: "{{ 'rest' + 'art' }}"
+  tasks:
+    - ansible.builtin.debug:
+        msg: hello
+    - ansible.builtin.command: "true"
+      when: false
+"""
+    assert run_playbook(tmp_path, text, name="restart.yml").returncode == 0
+    (line,) = read_log(tmp_path / "state" / "fleetdeck" / "audit.log")
+    assert line["instance"] == "web1"
+    assert line["action"] == "restart"
+    assert line["playbook"] == "restart.yml"
+    assert (line["result"], line["changed"]) == ("ok", 0)
+    assert line["version_from"] is None and line["version_to"] is None
+
+
+def test_skipped_and_unreachable_hosts(tmp_path):
+    write_inventory(tmp_path, "web1", "web2 ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=1")
+    text = """
+- hosts: app
+  gather_facts: false
+  vars:
+    fleetdeck_audit_action: backup
+  tasks:
+    - ansible.builtin.command: "true"
+      when: false
+    - ansible.builtin.ping:
+      when: inventory_hostname == 'web2'
+"""
+    proc = run_playbook(tmp_path, text, env={"ANSIBLE_HOST_KEY_CHECKING": "false"})
+    assert proc.returncode == 4, proc.stdout  # some host unreachable
+    lines = read_log(tmp_path / "state" / "fleetdeck" / "audit.log")
+    assert [(line["instance"], line["result"]) for line in lines] == [
+        ("web1", "skipped"), ("web2", "unreachable"),
+    ]
+
+
+def test_log_path_from_ini(tmp_path):
+    write_inventory(tmp_path, "web1")
+    (tmp_path / "ansible.cfg").write_text(f"[fleetdeck_audit]\nlog_path = {tmp_path}/ini/audit.log\n")
+    proc = run_playbook(tmp_path, UPGRADE, env={"FLEETDECK_AUDIT_LOG": None})
+    assert proc.returncode == 0, proc.stdout
+    assert len(read_log(tmp_path / "ini" / "audit.log")) == 1
+
+
+def test_concurrent_runs_write_whole_lines_per_run(tmp_path):
+    hosts = [f"web{i:02d}" for i in range(12)]
+    write_inventory(tmp_path, *hosts)
+    procs = [run_playbook(tmp_path, UPGRADE, "-f", "12", env={"FLEETDECK_RUN_SOURCE": f"runner:{n}"},
+                          wait=False)
+             for n in range(4)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0
+    lines = read_log(tmp_path / "state" / "fleetdeck" / "audit.log")  # every line is whole JSON
+    assert len(lines) == 4 * len(hosts)
+    sources = [line["source"] for line in lines]
+    # Each run's lines are written under one lock, so they form one contiguous block.
+    blocks = [source for i, source in enumerate(sources) if i == 0 or sources[i - 1] != source]
+    assert sorted(blocks) == [f"runner:{n}" for n in range(4)]
+    for n in range(4):
+        assert sorted(line["instance"] for line in lines if line["source"] == f"runner:{n}") == hosts
+
+
+def test_waits_for_the_log_lock(tmp_path):
+    write_inventory(tmp_path, "web1")
+    log = tmp_path / "state" / "fleetdeck" / "audit.log"
+    log.parent.mkdir(parents=True)
+    with open(log, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = run_playbook(tmp_path, UPGRADE, wait=False)
+        time.sleep(8)  # a run takes about 2s; it must still be waiting for the lock
+        assert proc.poll() is None
+        assert log.read_text() == ""
+        fcntl.flock(held, fcntl.LOCK_UN)
+        assert proc.wait(timeout=60) == 0
+    assert [line["instance"] for line in read_log(log)] == ["web1"]

@@ -1,0 +1,158 @@
+"""Filter plugins: direct calls, plus one real playbook run that checks batch_plan against Ansible's
+own batching and evaluates every filter through the collection loader."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+COLLECTION = Path(__file__).resolve().parents[4]
+COLLECTIONS_PATH = COLLECTION.parents[2]
+sys.path.insert(0, str(COLLECTIONS_PATH))
+
+from ansible_collections.fleetdeck.lifecycle.plugins.filter.lifecycle import (  # noqa: E402
+    FilterModule,
+    batch_plan,
+    redact,
+    release_summary,
+)
+
+
+@pytest.mark.parametrize(
+    ("count", "serial", "expected"),
+    [
+        (10, None, [10]),
+        (10, [], [10]),
+        (10, 3, [3, 3, 3, 1]),
+        (10, "3", [3, 3, 3, 1]),
+        (10, "25%", [2, 2, 2, 2, 2]),
+        (10, [1, "25%", "100%"], [1, 2, 7]),
+        (10, [1, 2], [1, 2, 2, 2, 2, 1]),
+        (3, "10%", [1, 1, 1]),  # rounds down to 0, then at least 1
+        (3, "0%", [1, 1, 1]),
+        (10, 0, [10]),
+        (10, -1, [10]),
+        (10, [2, 0], [2, 8]),
+        (2, 5, [2]),
+        (0, 3, []),
+    ],
+)
+def test_batch_plan(count, serial, expected):
+    assert batch_plan(count, serial) == expected
+
+
+@pytest.mark.parametrize(("count", "serial"), [("many", 1), (10, "abc"), (10, "12.5%"), (10, [1, None])])
+def test_batch_plan_rejects_invalid_input(count, serial):
+    with pytest.raises(AnsibleFilterError):
+        batch_plan(count, serial)
+
+
+def test_redact_text_and_url_encoded_forms():
+    text = "postgres://app:p@ss w0rd@db/app?password=p%40ss+w0rd&x=p%40ss%20w0rd"
+    assert redact(text, ["p@ss w0rd"]) == "postgres://app:********@db/app?password=********&x=********"
+
+
+def test_redact_recurses_and_keeps_structure():
+    data = {"cmd": "login s3cret", "env": [{"TOKEN": "s3cret"}, ("a", "b s3cret")], "port": 5432,
+            "s3cret": None}
+    assert redact(data, ["s3cret"]) == {
+        "cmd": "login ********",
+        "env": [{"TOKEN": "********"}, ["a", "b ********"]],
+        "port": 5432,
+        "s3cret": None,
+    }
+
+
+def test_redact_ignores_empty_secrets_and_masks_longest_first():
+    assert redact("abc abcdef", ["", None, "abc", "abcdef"]) == "******** ********"
+    assert redact("nothing to hide", []) == "nothing to hide"
+    assert redact("pin 1234", 1234) == "pin ********"
+
+
+def test_release_summary_rows_sorted():
+    facts = {
+        "web2": {"current": "1.2.0", "previous": "1.1.0", "history": [
+            {"version": "1.1.0", "at": "2025-01-01T10:00:00Z"},
+            {"version": "1.2.0", "at": "2025-02-01T10:00:00Z", "by": "alice"},
+        ]},
+        "web1": {"current": "1.0.0", "previous": None, "history": []},
+        "web3": None,
+    }
+    assert release_summary(facts) == [
+        {"instance": "web1", "current": "1.0.0", "previous": None, "last_change": None},
+        {"instance": "web2", "current": "1.2.0", "previous": "1.1.0", "last_change": "2025-02-01T10:00:00Z"},
+        {"instance": "web3", "current": None, "previous": None, "last_change": None},
+    ]
+
+
+def test_release_summary_from_hostvars_like_mapping():
+    hostvars = {"b": {"fleetdeck_release": {"current": "2"}}, "a": {"other": 1}}
+    assert release_summary(hostvars, "fleetdeck_release") == [
+        {"instance": "a", "current": None, "previous": None, "last_change": None},
+        {"instance": "b", "current": "2", "previous": None, "last_change": None},
+    ]
+    with pytest.raises(AnsibleFilterError):
+        release_summary(["not", "a", "mapping"])
+
+
+def test_filter_module_exposes_all_filters():
+    assert set(FilterModule().filters()) == {"batch_plan", "redact", "release_summary"}
+
+
+PLAYBOOK = """
+- hosts: fleet
+  gather_facts: false
+  serial: {serial}
+  tasks:
+    - name: record the real batch size
+      ansible.builtin.shell: "echo {{{{ ansible_play_batch | length }}}} >> {out}/batches"
+      delegate_to: localhost
+      run_once: true
+
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.copy:
+        dest: "{out}/filters.json"
+        content: >-
+          {{{{ {{
+            "plan": groups.fleet | length | fleetdeck.lifecycle.batch_plan({serial}),
+            "redacted": {{"url": "https://u:pa ss@h/", "list": ["pa ss"]}}
+                        | fleetdeck.lifecycle.redact(["pa ss"]),
+            "rows": hostvars | fleetdeck.lifecycle.release_summary("release")
+          }} | to_json }}}}
+"""
+
+
+@pytest.mark.parametrize("serial", ['[1, "25%", "100%"]', '"30%"', "4"])
+def test_filters_in_a_real_playbook(tmp_path, serial):
+    hosts = "\n".join(f"h{i:02d}" for i in range(10))
+    (tmp_path / "inventory").write_text(
+        f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+        f"[fleet]\n{hosts}\n"
+        f"[fleet:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n"
+        'release={"current": "1.0", "history": [{"version": "1.0", "at": "2025-03-01T00:00:00Z"}]}\n'
+    )
+    (tmp_path / "play.yml").write_text(PLAYBOOK.format(serial=serial, out=tmp_path))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH),
+               ANSIBLE_CONFIG=str(tmp_path / "none.cfg"))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "inventory", "play.yml"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    real_batches = [int(line) for line in (tmp_path / "batches").read_text().split()]
+    result = json.loads((tmp_path / "filters.json").read_text())
+    assert result["plan"] == real_batches
+    assert result["redacted"] == {"url": "https://u:********@h/", "list": ["********"]}
+    assert len(result["rows"]) == 11  # the ten fleet hosts and localhost
+    assert result["rows"][0] == {"instance": "h00", "current": "1.0", "previous": None,
+                                 "last_change": "2025-03-01T00:00:00Z"}
+    assert result["rows"][-1]["instance"] == "localhost"
