@@ -24,7 +24,9 @@ def hold(fleet: Fleet, count: int) -> int:
         hosts = fleet.up(count)
         (fleet.dir / "supervisor.pid").write_text(f"{os.getpid()}\n")
         print(f"{len(hosts)} hosts ready for SSH in {time.monotonic() - started:.1f}s", flush=True)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # let `up` see end of output
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):  # let `up` (and whoever reads its output) see the end
+            os.dup2(devnull, stream.fileno())
         while True:
             signal.pause()
     except FleetError as exc:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "tests.fleet", "hold", str(args.count), "--name", fleet.name,
                    "--dir", str(fleet.dir), "--subnet", str(fleet.subnet)]
             supervisor = subprocess.Popen(cmd, cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
-                                          stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
             report = supervisor.stdout.read().strip()
             if not (fleet.dir / "supervisor.pid").exists():
                 raise FleetError(report or "the fleet supervisor stopped before the hosts were ready")

@@ -122,6 +122,11 @@ class Fleet:
         return self.dir / "inventory.yml"
 
     @property
+    def vault_password_file(self) -> Path:
+        """A vault password of the fleet's own, so ansible.cfg's vault identity resolves in tests."""
+        return self.dir / "vault-pass"
+
+    @property
     def control_path_dir(self) -> Path:
         return self.dir / "cp"
 
@@ -137,7 +142,9 @@ class Fleet:
     def ansible_env(self) -> dict[str, str]:
         """Environment for ansible commands run against this fleet (own ControlPersist sockets)."""
         return {"ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.control_path_dir),
-                "ANSIBLE_PRIVATE_KEY_FILE": str(self.key_file)}
+                "ANSIBLE_PRIVATE_KEY_FILE": str(self.key_file),
+                "ANSIBLE_REMOTE_USER": "root",
+                "FLEETDECK_VAULT_PASSWORD_FILE": str(self.vault_password_file)}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -153,6 +160,7 @@ class Fleet:
         _write(self.key_file, private, 0o600)
         _write(self.key_file.with_suffix(".pub"), public)
         self.control_path_dir.mkdir(mode=0o700)
+        _write(self.vault_password_file, os.urandom(24).hex(), 0o600)
         _run("ip", "-batch", "-", stdin=f"link add {self.bridge} type bridge\n"
              f"addr add {self.gateway}/24 dev {self.bridge}\nlink set {self.bridge} up\n")
         whiteouts = self._unwanted_units()
@@ -228,6 +236,8 @@ class Fleet:
         _write(seed / "etc/ssh/fleetdeck_host_ed25519_key.pub", public)
         _write(seed / "etc/ssh/sshd_config.d/fleetdeck-test-host.conf", SSHD_CONFIG)
         _write(seed / "root/.ssh/authorized_keys", client_key, 0o600)
+        for rc in (".bashrc", ".profile"):  # a fresh server's, not this machine's (pyenv & co.)
+            _write(seed / "root" / rc, Path("/etc/skel", rc).read_bytes())
         (seed / "root/.ssh").chmod(0o700)
         _write(seed / "etc/hostname", f"{host.name}\n")
         _write(seed / "etc/hosts", f"127.0.0.1 localhost\n{host.address} {host.name}\n")
@@ -281,6 +291,7 @@ class Fleet:
         inventory = {"all": {"children": {"testfleet": {
             "hosts": {h.name: {"ansible_host": h.address} for h in self.hosts},
             "vars": {"ansible_user": "root",
+                     "ansible_python_interpreter": "/usr/bin/python3",
                      "ansible_ssh_private_key_file": str(self.key_file),
                      "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts}"}}}}}
         _write(self.inventory, yaml.safe_dump(inventory, sort_keys=False))
