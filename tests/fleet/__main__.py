@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             stop_supervisor(fleet)
             cmd = [sys.executable, "-m", "tests.fleet", "hold", str(args.count), "--name", fleet.name,
                    "--dir", str(fleet.dir), "--subnet", str(fleet.subnet)]
-            supervisor = subprocess.Popen(cmd, cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+            supervisor = subprocess.Popen(cmd, cwd=Path(__file__).parents[2], text=True, start_new_session=True,
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             report = supervisor.stdout.read().strip()
             if not (fleet.dir / "supervisor.pid").exists():
                 raise FleetError(report or "the fleet supervisor stopped before the hosts were ready")

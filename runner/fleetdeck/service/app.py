@@ -1,0 +1,84 @@
+"""Application factory: wires settings, store, catalog, executor, hub callbacks and the blueprints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask
+
+from fleetdeck import vault
+
+from . import api, errors, health, hooks
+from .catalog import Catalog
+from .config import Settings, from_env
+from .executor import Executor, kill_leftovers
+from .hub import HubNotifier
+from .metrics import Metrics
+from .store import Store
+
+log = logging.getLogger("fleetdeck.runner")
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: Store
+    catalog: Catalog
+    executor: Executor
+    metrics: Metrics
+    password_file: Path | None
+    hub: HubNotifier | None
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or from_env()
+    store = Store(settings.data_dir / "runner.db")
+    interrupted = store.recover()
+    if interrupted:
+        log.warning(
+            "marked %d run(s) interrupted after a restart: %s", len(interrupted), ", ".join(interrupted)
+        )
+        kill_leftovers(interrupted)
+    catalog = Catalog.load(settings.catalog, settings.project_dir)
+    log.info("actions available: %s", ", ".join(sorted(catalog.actions)) or "none")
+    if catalog.missing:
+        log.warning(
+            "actions hidden, playbook missing: %s",
+            ", ".join(f"{n} ({p})" for n, p in sorted(catalog.missing.items())),
+        )
+    password_file = vault.password_file()
+    if not password_file.is_file():
+        log.warning("no vault password file at %s: vaulted variables cannot be read", password_file)
+    metrics = Metrics()
+    hub = (
+        HubNotifier(store, settings.hub_url, settings.hub_secret, settings.hub_attempts, settings.hub_backoff)
+        if settings.hub_url
+        else None
+    )
+
+    def finished(run: dict) -> None:
+        metrics.finished(run)
+        if hub:
+            hub.run_finished(run)
+
+    executor = Executor(
+        settings, store, catalog, password_file if password_file.is_file() else None, finished
+    )
+    metrics.queue_depth.set_function(executor.queue_depth)
+    metrics.running.set_function(executor.running)
+    metrics.leases.set_function(lambda: len(store.leases()))
+    metrics.missing_playbooks.set(len(catalog.missing))
+
+    app = Flask("fleetdeck.service")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes, TOKENS=settings.tokens, JSON_SORT_KEYS=False
+    )
+    app.extensions["fleetdeck"] = Service(
+        settings, store, catalog, executor, metrics, password_file if password_file.is_file() else None, hub
+    )
+    errors.register(app)
+    for blueprint in (api.bp, hooks.bp, health.bp):
+        app.register_blueprint(blueprint)
+    return app

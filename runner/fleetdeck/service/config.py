@@ -1,0 +1,163 @@
+"""Service settings, read from FLEETDECK_* environment variables (all documented in docs/runner.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MIN_SECRET_LENGTH = 32
+# Values seen in examples and tutorials: refused even when long enough, also as pre-hashed tokens.
+KNOWN_INSECURE = (
+    "changeme",
+    "change-me",
+    "secret",
+    "password",
+    "token",
+    "admin",
+    "test",
+    "example",
+    "fleetdeck",
+    "replace-me",
+    "please-change-this-secret-value-now",
+    "0123456789abcdef0123456789abcdef",
+    "00000000000000000000000000000000",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+)
+KNOWN_INSECURE_SHA256 = {hashlib.sha256(v.encode()).hexdigest() for v in KNOWN_INSECURE}
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """The service must not start with this configuration."""
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    sha256: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Settings:
+    tokens: tuple[Token, ...]
+    project_dir: Path
+    inventory: Path
+    data_dir: Path
+    catalog: Path = PACKAGE_DIR / "actions.yml"
+    bind: str = "127.0.0.1:8790"
+    threads: int = 16
+    max_concurrent_runs: int = 4
+    cancel_grace: float = 10.0
+    idle_timeout: float = 600.0
+    keep_artifacts: int = 50
+    max_body_bytes: int = 64 * 1024
+    hook_secret: str | None = None
+    hook_target: str = "all"
+    hook_tag_pattern: str = r"^refs/tags/(v?\d+\.\d+\.\d+)$"
+    hook_window: float = 300.0
+    hub_url: str | None = None
+    hub_secret: str | None = None
+    hub_attempts: int = 6
+    hub_backoff: float = 2.0
+
+
+def check_secret(what: str, value: str) -> str:
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"{what} is shorter than {MIN_SECRET_LENGTH} characters")
+    if value.lower() in KNOWN_INSECURE or len(set(value)) < 8:
+        raise ConfigError(f"{what} is a known-insecure or low-variety value")
+    return value
+
+
+def parse_tokens(raw: str) -> tuple[Token, ...]:
+    """JSON list of {name, scopes, sha256 | token}; a plaintext `token` is checked, only its hash is kept."""
+    try:
+        entries = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"tokens: not JSON ({exc})") from None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("tokens: need a non-empty JSON list; the runner refuses to start without auth")
+    tokens, names = [], set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ConfigError(f"tokens[{i}]: needs a name")
+        name = entry["name"]
+        if name in names:
+            raise ConfigError(f"tokens[{i}]: duplicate name {name!r}")
+        names.add(name)
+        scopes = entry.get("scopes")
+        if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
+            raise ConfigError(f"token {name!r}: scopes must be a non-empty list of strings")
+        for scope in scopes:
+            if scope not in ("read", "admin") and not scope.startswith("run:"):
+                raise ConfigError(
+                    f"token {name!r}: unknown scope {scope!r} (read, admin, run:<action>, run:*)"
+                )
+        if "token" in entry:
+            digest = hashlib.sha256(check_secret(f"token {name!r}", entry["token"]).encode()).hexdigest()
+        else:
+            digest = str(entry.get("sha256", "")).lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ConfigError(f"token {name!r}: needs `token` or a 64-hex-digit `sha256`")
+        if digest in KNOWN_INSECURE_SHA256:
+            raise ConfigError(f"token {name!r} is a known-insecure value")
+        tokens.append(Token(name, digest, frozenset(scopes)))
+    return tuple(tokens)
+
+
+def _read_secret(env: dict[str, str], name: str) -> str | None:
+    """NAME or NAME_FILE (the file form keeps secrets out of the process environment listing)."""
+    if env.get(f"{name}_FILE"):
+        return Path(env[f"{name}_FILE"]).read_text().strip()
+    return env.get(name) or None
+
+
+def from_env(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    raw_tokens = _read_secret(env, "FLEETDECK_RUNNER_TOKENS")
+    if not raw_tokens:
+        raise ConfigError("no tokens: set FLEETDECK_RUNNER_TOKENS or FLEETDECK_RUNNER_TOKENS_FILE")
+    project_dir = Path(env.get("FLEETDECK_PROJECT_DIR", os.getcwd())).resolve()
+    if not env.get("FLEETDECK_INVENTORY"):
+        raise ConfigError("FLEETDECK_INVENTORY is not set")
+    hook_secret = _read_secret(env, "FLEETDECK_HOOK_SECRET")
+    hub_secret = _read_secret(env, "FLEETDECK_HUB_SECRET")
+    hub_url = env.get("FLEETDECK_HUB_URL") or None
+    if hub_url and not hub_secret:
+        raise ConfigError("FLEETDECK_HUB_URL is set without FLEETDECK_HUB_SECRET: callbacks must be signed")
+
+    def number(name: str, default: float, kind=float):
+        try:
+            value = kind(env.get(name, default))
+        except ValueError:
+            raise ConfigError(f"{name}: not a number") from None
+        if value <= 0:
+            raise ConfigError(f"{name}: must be positive")
+        return value
+
+    return Settings(
+        tokens=parse_tokens(raw_tokens),
+        project_dir=project_dir,
+        inventory=Path(env["FLEETDECK_INVENTORY"]).resolve(),
+        data_dir=Path(env.get("FLEETDECK_RUNNER_DATA_DIR", "/var/lib/fleetdeck-runner")).resolve(),
+        catalog=Path(env.get("FLEETDECK_CATALOG", PACKAGE_DIR / "actions.yml")).resolve(),
+        bind=env.get("FLEETDECK_RUNNER_BIND", "127.0.0.1:8790"),
+        threads=number("FLEETDECK_RUNNER_THREADS", 16, int),
+        max_concurrent_runs=number("FLEETDECK_RUNNER_MAX_CONCURRENT", 4, int),
+        cancel_grace=number("FLEETDECK_RUNNER_CANCEL_GRACE", 10.0),
+        idle_timeout=number("FLEETDECK_RUNNER_IDLE_TIMEOUT", 600.0),
+        keep_artifacts=number("FLEETDECK_RUNNER_KEEP_ARTIFACTS", 50, int),
+        max_body_bytes=number("FLEETDECK_RUNNER_MAX_BODY", 64 * 1024, int),
+        hook_secret=check_secret("FLEETDECK_HOOK_SECRET", hook_secret) if hook_secret else None,
+        hook_target=env.get("FLEETDECK_HOOK_TARGET", "all"),
+        hook_tag_pattern=env.get("FLEETDECK_HOOK_TAG_PATTERN", Settings.hook_tag_pattern),
+        hook_window=number("FLEETDECK_HOOK_WINDOW", 300.0),
+        hub_url=hub_url,
+        hub_secret=check_secret("FLEETDECK_HUB_SECRET", hub_secret) if hub_secret else None,
+        hub_attempts=number("FLEETDECK_HUB_ATTEMPTS", 6, int),
+        hub_backoff=number("FLEETDECK_HUB_BACKOFF", 2.0),
+    )

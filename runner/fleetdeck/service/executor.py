@@ -1,0 +1,324 @@
+"""Runs catalog actions with ansible-runner: a dispatcher that honours leases and the concurrency limit,
+one fresh private data dir per run, SIGTERM-grace-SIGKILL for cancel and timeouts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ansible_runner
+
+from . import processes
+from .catalog import Catalog
+from .config import Settings
+from .redaction import Redactor
+from .store import Store
+
+log = logging.getLogger("fleetdeck.runner")
+MAX_EVENT_DATA = 64 * 1024
+STAT_KEYS = {
+    "ok": "ok",
+    "changed": "changed",
+    "failures": "failed",
+    "dark": "unreachable",
+    "skipped": "skipped",
+    "rescued": "rescued",
+    "ignored": "ignored",
+}
+
+
+@dataclass
+class Control:
+    """What the cancel callback reads on every ansible-runner poll."""
+
+    started: float = field(default_factory=time.monotonic)
+    last_event: float = field(default_factory=time.monotonic)
+    requested: str | None = None  # "canceled" | "interrupted"
+    stop_reason: str | None = None  # canceled | timeout | idle timeout | interrupted
+    stop_at: float = 0.0
+
+
+class Executor:
+    def __init__(
+        self, settings: Settings, store: Store, catalog: Catalog, password_file: Path | None, on_finished=None
+    ):
+        self.settings, self.store, self.catalog = settings, store, catalog
+        self.password_file = password_file
+        self.on_finished = on_finished or (lambda run: None)
+        self.changed = threading.Condition()  # notified on new events and status changes (SSE waits on it)
+        self._pending: deque[str] = deque()
+        self._controls: dict[str, Control] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._runs_dir = settings.data_dir / "runs"
+        self._runs_dir.mkdir(parents=True, exist_ok=True)
+        self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
+        self._dispatcher.start()
+
+    # -- public --------------------------------------------------------------------------------
+
+    def submit(self, run_id: str) -> None:
+        with self._lock:
+            self._pending.append(run_id)
+        self._wake.set()
+
+    def cancel(self, run_id: str) -> bool:
+        """Ask a queued, waiting or running run to stop; False when it is not active here."""
+        with self._lock:
+            if run_id in self._pending:
+                self._pending.remove(run_id)
+                pending = True
+            else:
+                pending = False
+                control = self._controls.get(run_id)
+                if control:
+                    control.requested = "canceled"
+        if pending:
+            self._finish(run_id, "canceled", None, "canceled before it started")
+            return True
+        return control is not None
+
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def running(self) -> int:
+        return len(self._controls)
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop every run (they end `interrupted`) and wait for their threads."""
+        self._stopping = True
+        self._wake.set()
+        with self._lock:
+            pending, self._pending = list(self._pending), deque()
+            for control in self._controls.values():
+                control.requested = "interrupted"
+        for run_id in pending:
+            self._finish(run_id, "interrupted", None, "runner stopped before the run started")
+        deadline = time.monotonic() + self.settings.cancel_grace + grace
+        while self._controls and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while not self._stopping:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            with self._lock:
+                for run_id in list(self._pending):
+                    if len(self._controls) >= self.settings.max_concurrent_runs:
+                        break
+                    run = self.store.get_run(run_id)
+                    if run["status"] == "waiting":
+                        if self.store.try_acquire(run_id, run["instances"]):
+                            continue
+                        self.store.update_run(run_id, status="queued")
+                    self._pending.remove(run_id)
+                    self._controls[run_id] = Control()
+                    threading.Thread(
+                        target=self._execute, args=(run,), name=f"run-{run_id}", daemon=True
+                    ).start()
+
+    # -- one run -------------------------------------------------------------------------------
+
+    def _execute(self, run: dict) -> None:
+        run_id = run["id"]
+        control = self._controls[run_id]
+        status, rc, reason = "error", None, None
+        try:
+            action = self.catalog.actions[run["action"]]
+            redactor = Redactor.from_inventory(self.settings.inventory, self.password_file)
+            self.store.update_run(run_id, status="running", started=time.time())
+            self._notify()
+            status, rc, reason = self._run_playbook(run, action, redactor, control)
+        except Exception as exc:  # the run must end with a status whatever went wrong
+            log.exception("run %s failed to execute", run_id)
+            reason = f"runner error: {type(exc).__name__}"
+        finally:
+            processes.stop_run(run_id, 0)  # nothing of a finished run may survive it
+            with self._lock:
+                self._controls.pop(run_id, None)
+            self._finish(run_id, status, rc, reason)
+            self._rotate_artifacts()
+            self._wake.set()
+
+    def _run_playbook(self, run: dict, action, redactor: Redactor, control: Control):
+        run_id = run["id"]
+        private = self._runs_dir / run_id
+        (private / "env").mkdir(parents=True, mode=0o700)
+        # ansible-runner ignores a `settings` argument unless env/settings exists (it holds no secrets).
+        (private / "env" / "settings").write_text(
+            json.dumps({"pexpect_timeout": 0.5, "suppress_output_file": True})
+        )
+        cmdline = []
+        if self.password_file:
+            cmdline.append(f"--vault-id fleetdeck@{self.password_file}")
+        if run["check"]:
+            cmdline.append("--check --diff")
+        project = self.settings.project_dir
+        envvars = {
+            "FLEETDECK_RUN_SOURCE": processes.run_marker(run_id),
+            "FLEETDECK_OPERATOR": run["operator"],
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            # ansible-playbook of this Python environment, even when its bin/ is not on PATH
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
+        if (project / "ansible.cfg").is_file():
+            envvars["ANSIBLE_CONFIG"] = str(project / "ansible.cfg")
+        if self.password_file:
+            # ansible.cfg's vault_identity_list runs scripts/vault-pass-client: point it at the same file.
+            envvars["FLEETDECK_VAULT_PASSWORD_FILE"] = str(self.password_file)
+        events: queue.Queue = queue.Queue()
+
+        def event_handler(event: dict) -> bool:
+            events.put(event)
+            return False  # raw events would hold unredacted text on disk
+
+        thread, runner = ansible_runner.run_async(
+            private_data_dir=str(private),
+            project_dir=str(project),
+            playbook=str(project / action.playbook),
+            inventory=str(self.settings.inventory),
+            limit=run["target"],
+            extravars={**run["params"], "fleetdeck_target": run["target"]},
+            cmdline=" ".join(cmdline) or None,
+            envvars=envvars,
+            suppress_env_files=True,
+            quiet=True,
+            ident="artifacts",
+            event_handler=event_handler,
+            cancel_callback=lambda: self._should_kill(run_id, control, action.timeout),
+        )
+        hosts: dict = {}
+        while thread.is_alive() or not events.empty():
+            batch = self._drain(events)
+            if batch:
+                control.last_event = time.monotonic()
+                hosts = self._store_events(run_id, batch, redactor) or hosts
+        thread.join()
+        if control.stop_reason:
+            status = (
+                "canceled"
+                if control.stop_reason == "canceled"
+                else "interrupted"
+                if control.stop_reason == "interrupted"
+                else "timeout"
+            )
+            return status, runner.rc, control.stop_reason
+        status = (
+            runner.status if runner.status in ("successful", "failed", "timeout", "canceled") else "error"
+        )
+        reason = None if status == "successful" else f"ansible-playbook exited with rc {runner.rc}"
+        return status, runner.rc, reason
+
+    def _should_kill(self, run_id: str, control: Control, job_timeout: float) -> bool:
+        """A stop reason appears: SIGTERM now; after the grace, True lets ansible-runner SIGKILL the group."""
+        now = time.monotonic()
+        if control.stop_reason is None:
+            if control.requested:
+                control.stop_reason = control.requested
+            elif now - control.started > job_timeout:
+                control.stop_reason = "timeout"
+            elif now - control.last_event > self.settings.idle_timeout:
+                control.stop_reason = "idle timeout"
+            if control.stop_reason:
+                control.stop_at = now
+                processes.signal_run(run_id, signal.SIGTERM)
+            return False
+        return now - control.stop_at > self.settings.cancel_grace
+
+    @staticmethod
+    def _drain(events: queue.Queue) -> list[dict]:
+        try:
+            batch = [events.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        while len(batch) < 500:
+            try:
+                batch.append(events.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _store_events(self, run_id: str, batch: list[dict], redactor: Redactor) -> dict | None:
+        rows, hosts = [], None
+        for event in batch:
+            data = event.get("event_data", {})
+            kept = redactor.data(
+                {k: v for k, v in data.items() if k not in ("uuid", "playbook_uuid", "play_uuid")}
+            )
+            if len(json.dumps(kept, default=str)) > MAX_EVENT_DATA:
+                kept = {k: v for k, v in kept.items() if k != "res"} | {"truncated": True}
+            rows.append(
+                {
+                    "seq": event.get("counter", 0),
+                    "type": event.get("event", "verbose"),
+                    "host": data.get("host"),
+                    "task": data.get("task"),
+                    "created": event.get("created"),
+                    "stdout": redactor.text(event.get("stdout", "")),
+                    "data": json.loads(json.dumps(kept, default=str)),
+                }
+            )
+            if event.get("event") == "playbook_on_stats":
+                hosts = self._host_summary(data)
+        self.store.add_events(run_id, rows)
+        if hosts is not None:
+            self.store.update_run(run_id, hosts=hosts)
+        self._notify()
+        return hosts
+
+    @staticmethod
+    def _host_summary(stats: dict) -> dict:
+        names = {h for key in STAT_KEYS for h in stats.get(key) or {}}
+        summary = {}
+        for host in sorted(names):
+            counts = {ours: int((stats.get(theirs) or {}).get(host, 0)) for theirs, ours in STAT_KEYS.items()}
+            counts["result"] = (
+                "unreachable"
+                if counts["unreachable"]
+                else "failed"
+                if counts["failed"]
+                else "changed"
+                if counts["changed"]
+                else "ok"
+            )
+            summary[host] = counts
+        return summary
+
+    def _finish(self, run_id: str, status: str, rc: int | None, reason: str | None) -> None:
+        self.store.finish_run(run_id, status, rc, reason)
+        log.info("run %s finished: %s%s", run_id, status, f" ({reason})" if reason else "")
+        self._notify()
+        self.on_finished(self.store.get_run(run_id))
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def _rotate_artifacts(self) -> None:
+        dirs = sorted((p for p in self._runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        active = set(self._controls)
+        for old in dirs[: -self.settings.keep_artifacts]:
+            if old.name not in active:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def kill_leftovers(run_ids: list[str]) -> None:
+    """After a crash: the interrupted runs' ansible-playbook processes may still be running. Stop them."""
+    for run_id in run_ids:
+        if processes.process_groups(run_id):
+            log.warning("stopping processes left behind by interrupted run %s", run_id)
+            processes.stop_run(run_id, 5.0)

@@ -1,0 +1,72 @@
+"""A scaffolded, vault-encrypted environment of instances on a test fleet, for playbook tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.fleet import Fleet
+from tests.playbook import BIN, REPO, PlaybookResult, ansible_playbook
+from tests.refapp.build import build
+
+
+@dataclass
+class Deployment:
+    fleet: Fleet
+    inventory: Path
+    dist: Path
+    env: dict[str, str]
+    instances: dict[str, str] = field(default_factory=dict)  # instance -> address
+    outputs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, fleet: Fleet, workdir: Path, canary: int = 0, tier2: tuple[int, ...] = ()) -> Deployment:
+        """Build the releases, bootstrap a vault password and add one instance per fleet host."""
+        dist = workdir / "dist"
+        build(dist, None)
+        env = {**fleet.ansible_env(), "FLEETDECK_VAULT_PASSWORD_FILE": str(workdir / "vault-pass")}
+        deployment = cls(fleet, workdir / "inventory" / "test", dist, env)
+        deployment.script("bootstrap-vault", "-i", str(deployment.inventory))
+        for index, host in enumerate(fleet.hosts):
+            name = f"inst{index + 1}"
+            args = ["--tier", "2" if index in tier2 else "1"] + (["--canary"] if index < canary else [])
+            deployment.script("add-instance", name, f"{name}.example.test", host.address, *args,
+                              "-i", str(deployment.inventory))
+            deployment.instances[name] = host.address
+        return deployment
+
+    def script(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(REPO / "scripts" / name), *args], cwd=REPO, env={**os.environ, **self.env},
+                              capture_output=True, text=True)
+        if check and proc.returncode:
+            raise AssertionError(f"scripts/{name} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    def playbook(self, playbook: str, *args: str, env: dict[str, str] | None = None) -> PlaybookResult:
+        result = ansible_playbook(playbook, self.inventory, "-e", f"app_artifact_controller_dir={self.dist}",
+                                  "-e", "app_artifact_base_url=", "-e", f"@{REPO / 'tests/fleet_overrides.yml'}",
+                                  *args, env={**self.env, **(env or {})})
+        self.outputs.append(result.output)
+        return result
+
+    def on(self, instance: str, command: str, check: bool = True) -> str:
+        return self.fleet.ssh(self.instances[instance], command, check=check).stdout
+
+    def health(self, instance: str) -> dict:
+        return json.loads(self.on(instance, "curl -s http://127.0.0.1:8080/health"))
+
+    def main_pid(self, instance: str) -> str:
+        return self.on(instance, "systemctl show -p MainPID --value refapp").strip()
+
+    def vault_values(self) -> list[str]:
+        """Every secret value in the environment's vault files (decrypted with ansible-vault)."""
+        values = []
+        for vault_file in sorted(self.inventory.glob("host_vars/*/vault.yml")):
+            proc = subprocess.run([str(BIN / "ansible-vault"), "view", str(vault_file)], cwd=REPO,
+                                  env={**os.environ, **self.env}, capture_output=True, text=True, check=True)
+            values += [line.split(":", 1)[1].strip().strip("'\"") for line in proc.stdout.splitlines()
+                       if line.startswith("vault_app_")]
+        return values

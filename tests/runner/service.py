@@ -1,0 +1,157 @@
+"""A runner service environment around a test fleet: inventory with vaulted secrets, tokens, settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from fleetdeck import vault
+from fleetdeck.service.config import Settings, from_env
+
+from tests.playbook import BIN, REPO
+
+CATALOG = Path(__file__).with_name("actions.yml")
+SCOPES = {
+    "admin": ["admin"],
+    "reader": ["read"],
+    "pinger": ["read", "run:ping"],
+    "operator": ["read", "run:*"],
+}
+
+
+@dataclass
+class RunnerEnv:
+    dir: Path
+    inventory: Path
+    password_file: Path
+    tokens: dict[str, str]  # name -> plaintext
+    secrets: dict[str, str]  # host -> its vault value
+    env: dict[str, str]  # FLEETDECK_* settings
+
+    def settings(self, **overrides: str) -> Settings:
+        return from_env({**self.env, **overrides})
+
+    def auth(self, name: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+
+def make_env(fleet, base: Path) -> RunnerEnv:
+    """An environment dir (hosts.yml, host_vars with a vaulted secret per host) for `fleet`."""
+    inventory = base / "env"
+    tree = yaml.safe_load(fleet.inventory.read_text())
+    (inventory / "host_vars").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    password_file = fleet.vault_password_file
+    host_secrets = {}
+    for host in fleet.hosts:
+        host_dir = inventory / "host_vars" / host.name
+        host_dir.mkdir()
+        host_secrets[host.name] = f"s3cr3t-{secrets.token_hex(12)}"
+        (host_dir / "main.yml").write_text('app_secret: "{{ vault_app_secret }}"\n')
+        vault.encrypt_file(
+            host_dir / "vault.yml",
+            {"vault_app_secret": host_secrets[host.name]},
+            vault.read_password(password_file),
+        )
+    tokens = {name: secrets.token_urlsafe(32) for name in SCOPES}
+    env = {
+        "FLEETDECK_RUNNER_TOKENS": json.dumps(
+            [{"name": n, "token": t, "scopes": SCOPES[n]} for n, t in tokens.items()]
+        ),
+        "FLEETDECK_PROJECT_DIR": str(REPO),
+        "FLEETDECK_INVENTORY": str(inventory),
+        "FLEETDECK_RUNNER_DATA_DIR": str(base / "data"),
+        "FLEETDECK_CATALOG": str(CATALOG),
+        "FLEETDECK_RUNNER_CANCEL_GRACE": "3",
+        **fleet.ansible_env(),
+    }
+    return RunnerEnv(base, inventory, password_file, tokens, host_secrets, env)
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not true within {timeout}s: {predicate}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, env, port: int):
+        self.env, self.base = env, f"http://127.0.0.1:{port}"
+        self.full_env = {**os.environ, **env.env, "FLEETDECK_RUNNER_BIND": f"127.0.0.1:{port}"}
+        self.log = env.dir / "server.log"
+        self.proc = None
+
+    def start(self):
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "fleetdeck-runner")],
+                env=self.full_env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(lambda: self.ready(), timeout=30)
+
+    def ready(self) -> bool:
+        try:
+            return self.call("GET", "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        caller: str | None = "admin",
+        headers: dict | None = None,
+    ):
+        request = urllib.request.Request(  # noqa: S310 - a local test server
+            self.base + path,
+            method=method,
+            headers={
+                **({"Authorization": f"Bearer {self.env.tokens[caller]}"} if caller else {}),
+                **({"Content-Type": "application/json"} if body is not None else {}),
+                **(headers or {}),
+            },
+            data=json.dumps(body).encode() if body is not None else None,
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+                raw = response.read().decode()
+                return response.status, json.loads(
+                    raw
+                ) if response.headers.get_content_type() == "application/json" else raw
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def kill(self):
+        """SIGKILL the whole gunicorn process group: no shutdown hook runs, as in a crash."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)

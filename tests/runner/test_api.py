@@ -1,0 +1,294 @@
+"""The runner API through the Flask test client, running real playbooks over SSH on a real test fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from fleetdeck.service import create_app
+from fleetdeck.service.processes import process_groups
+
+from tests.runner.service import make_env, wait_until
+
+FLEET_SIZE = 3
+pytestmark = pytest.mark.fleet
+
+
+@pytest.fixture(scope="module")
+def env(fleet, tmp_path_factory):
+    runner_env = make_env(fleet, tmp_path_factory.mktemp("runner"))
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in runner_env.env.items():
+            if not key.startswith("FLEETDECK_RUNNER_"):
+                mp.setenv(key, value)
+        yield runner_env
+
+
+@pytest.fixture(scope="module")
+def app(env):
+    application = create_app(env.settings())
+    yield application
+    application.extensions["fleetdeck"].executor.shutdown()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def hosts(fleet):
+    return [h.name for h in fleet.hosts]
+
+
+def start(client, env, action, target, caller="admin", **body):
+    return client.post(
+        "/v1/runs", json={"action": action, "target": target, **body}, headers=env.auth(caller)
+    )
+
+
+def finished(client, env, run_id, timeout=90):
+    def done():
+        run = client.get(f"/v1/runs/{run_id}", headers=env.auth()).get_json()
+        return run if run["status"] not in ("queued", "waiting", "running") else None
+
+    return wait_until(done, timeout)
+
+
+def test_ping_run_succeeds_with_per_host_results(client, env, hosts):
+    response = start(client, env, "ping", "testfleet")
+    assert response.status_code == 202, response.get_json()
+    run = finished(client, env, response.get_json()["id"])
+    assert run["status"] == "successful", run
+    assert run["rc"] == 0
+    assert set(run["hosts"]) == set(hosts)
+    assert all(h["result"] == "ok" and h["failed"] == 0 for h in run["hosts"].values())
+    assert run["started"] and run["finished"] >= run["started"]
+
+
+def test_events_json_pages_and_sse_resume(client, env):
+    run = finished(client, env, start(client, env, "ping", "testfleet").get_json()["id"])
+    page = client.get(f"/v1/runs/{run['id']}/events?limit=3", headers=env.auth("reader")).get_json()
+    assert [e["seq"] for e in page["events"]] == [1, 2, 3]
+    assert page["next_after"] == 3
+    everything = client.get(f"/v1/runs/{run['id']}/events?limit=1000", headers=env.auth()).get_json()[
+        "events"
+    ]
+    assert "playbook_on_stats" in [e["type"] for e in everything]
+
+    stream = client.get(
+        f"/v1/runs/{run['id']}/events",
+        headers={**env.auth(), "Accept": "text/event-stream", "Last-Event-ID": "3"},
+    )
+    assert stream.mimetype == "text/event-stream"
+    frames = [
+        f for f in stream.get_data(as_text=True).split("\n\n") if f.startswith("id:") or "event: end" in f
+    ]
+    ids = [int(f.split("\n")[0][4:]) for f in frames if f.startswith("id:")]
+    assert ids == [e["seq"] for e in everything if e["seq"] > 3]
+    assert frames[-1].startswith("event: end") and '"status": "successful"' in frames[-1]
+
+
+def test_sse_follows_a_live_run_to_its_end(client, env, hosts):
+    run_id = start(client, env, "ping", hosts[0]).get_json()["id"]
+    body = client.get(f"/v1/runs/{run_id}/events", headers={**env.auth(), "Accept": "text/event-stream"})
+    text = body.get_data(as_text=True)
+    assert "event: playbook_on_stats" in text and text.rstrip().endswith('"rc": 0}')
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"action": "nope", "target": "testfleet"}, 404, "unknown action 'nope'"),
+        ({"action": "deploy", "target": "testfleet"}, 404, "its playbook is not in the project yet"),
+        (
+            {"action": "ping", "target": "testfleet", "params": {"colour": "red"}},
+            422,
+            "unknown parameter(s) colour; ping accepts: note",
+        ),
+        (
+            {"action": "ping", "target": "testfleet", "params": {"note": 5}},
+            422,
+            "parameter note: 5 is not of type",
+        ),
+        ({"action": "ping", "target": "nohost"}, 422, "target 'nohost' is neither a host nor a group"),
+        ({"action": "ping", "target": "run-h1,run-h2"}, 422, "is neither a host nor a group"),
+        ({"action": "sleep", "target": "all"}, 422, "sleep may target instance, group; 'all' is a fleet"),
+        ({"action": "ping", "target": "testfleet", "extra": 1}, 400, "unknown field(s) extra"),
+        ({"action": "ping", "target": "testfleet", "check": "yes"}, 422, "check must be true or false"),
+    ],
+)
+def test_bad_requests_are_rejected_precisely_and_nothing_runs(client, env, body, status, fragment):
+    before = len(client.get("/v1/runs?limit=500", headers=env.auth()).get_json()["runs"])
+    response = client.post("/v1/runs", json=body, headers=env.auth())
+    assert response.status_code == status, response.get_json()
+    assert fragment in response.get_json()["error"]["message"]
+    assert len(client.get("/v1/runs?limit=500", headers=env.auth()).get_json()["runs"]) == before
+
+
+def test_oversize_body_is_refused(client, env):
+    response = client.post(
+        "/v1/runs", data="x" * (65 * 1024), content_type="application/json", headers=env.auth()
+    )
+    assert response.status_code == 413
+    assert response.get_json()["error"]["message"] == "request body too large"
+
+
+def test_auth_missing_wrong_and_insufficient(client, env):
+    assert client.get("/healthz").status_code == 200
+    missing = client.get("/v1/runs")
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/v1/runs", headers={"Authorization": "Bearer " + "x" * 40}).status_code == 401
+    assert client.get("/v1/runs", headers={"Authorization": env.tokens["admin"]}).status_code == 401
+    forbidden = start(client, env, "ping", "testfleet", caller="reader")
+    assert forbidden.status_code == 403
+    assert "lacks scope 'run:ping'" in forbidden.get_json()["error"]["message"]
+    assert start(client, env, "sleep", "run-h1", caller="pinger").status_code == 403
+    assert client.get("/metrics").status_code == 401
+
+
+def test_idempotency_key_same_body_same_run_different_body_409(client, env, hosts):
+    key = {"Idempotency-Key": "deploy-42"}
+    body = {"action": "ping", "target": hosts[1], "params": {"note": "once"}}
+    first = client.post("/v1/runs", json=body, headers={**env.auth(), **key})
+    again = client.post("/v1/runs", json=body, headers={**env.auth(), **key})
+    assert first.status_code == 202 and again.status_code == 200
+    assert first.get_json()["id"] == again.get_json()["id"]
+    other = client.post("/v1/runs", json={**body, "params": {"note": "twice"}}, headers={**env.auth(), **key})
+    assert other.status_code == 409
+    assert first.get_json()["id"] in other.get_json()["error"]["message"]
+    # Keys are per token: another caller's key does not collide.
+    mine = client.post("/v1/runs", json=body, headers={**env.auth("operator"), **key})
+    assert mine.status_code in (202, 409) and mine.get_json().get("id") != first.get_json()["id"]
+    finished(client, env, first.get_json()["id"])
+    if mine.status_code == 202:
+        finished(client, env, mine.get_json()["id"])
+
+
+def test_lease_conflict_names_the_holder_and_other_instances_run_in_parallel(client, env, hosts):
+    holder = start(client, env, "sleep", hosts[0], params={"sleep_seconds": 4}).get_json()
+    conflict = start(client, env, "ping", "testfleet")
+    assert conflict.status_code == 409
+    error = conflict.get_json()["error"]
+    assert error["holder"] == holder["id"] and error["instance"] == hosts[0]
+    assert holder["id"] in error["message"]
+    parallel = start(client, env, "ping", hosts[1])
+    assert parallel.status_code == 202
+    done = finished(client, env, parallel.get_json()["id"])
+    assert done["status"] == "successful"
+    assert client.get(f"/v1/runs/{holder['id']}", headers=env.auth()).get_json()["status"] == "running"
+    queued = start(client, env, "ping", hosts[0], wait=True)
+    assert queued.status_code == 202 and queued.get_json()["status"] == "waiting"
+    assert finished(client, env, holder["id"])["status"] == "successful"
+    assert finished(client, env, queued.get_json()["id"])["status"] == "successful"
+
+
+def test_cancel_stops_a_long_run_and_releases_its_lease(client, env, hosts, fleet):
+    run = start(client, env, "sleep", hosts[2]).get_json()
+    wait_until(
+        lambda: any(
+            e["type"] == "runner_on_start"
+            for e in client.get(f"/v1/runs/{run['id']}/events", headers=env.auth()).get_json()["events"]
+        )
+    )
+    assert process_groups(run["id"])
+    response = client.post(f"/v1/runs/{run['id']}/cancel", headers=env.auth("operator"))
+    assert response.status_code == 202
+    done = finished(client, env, run["id"], timeout=20)
+    assert done["status"] == "canceled" and done["reason"] == "canceled"
+    assert not process_groups(run["id"])
+    instances = client.get("/v1/instances", headers=env.auth()).get_json()["instances"]
+    assert all(i["leased_by"] is None for i in instances)
+    assert client.post(f"/v1/runs/{run['id']}/cancel", headers=env.auth()).status_code == 409
+    assert (
+        finished(client, env, start(client, env, "ping", hosts[2]).get_json()["id"])["status"] == "successful"
+    )
+
+
+def test_job_timeout_ends_the_run_as_timeout(app, client, env, hosts):
+    action = app.extensions["fleetdeck"].catalog.actions["sleep"]
+    object.__setattr__(action, "timeout", 2)
+    try:
+        run = start(client, env, "sleep", hosts[1]).get_json()
+        done = finished(client, env, run["id"], timeout=30)
+    finally:
+        object.__setattr__(action, "timeout", 120)
+    assert done["status"] == "timeout" and not process_groups(run["id"])
+
+
+def test_vault_values_never_leave(app, client, env, hosts):
+    run = finished(client, env, start(client, env, "leak", "testfleet").get_json()["id"])
+    assert run["status"] == "successful"
+    events = client.get(f"/v1/runs/{run['id']}/events?limit=1000", headers=env.auth()).get_data(as_text=True)
+    assert "the secret is ********" in events
+    stream = client.get(f"/v1/runs/{run['id']}/events", headers={**env.auth(), "Accept": "text/event-stream"})
+    responses = [
+        events,
+        stream.get_data(as_text=True),
+        client.get(f"/v1/runs/{run['id']}", headers=env.auth()).get_data(as_text=True),
+        client.get("/v1/instances", headers=env.auth()).get_data(as_text=True),
+        client.get("/v1/runs?limit=500", headers=env.auth()).get_data(as_text=True),
+    ]
+    stored = b"".join(p.read_bytes() for p in (env.dir / "data").rglob("*") if p.is_file())
+    for secret in env.secrets.values():
+        assert all(secret not in text for text in responses)
+        assert secret.encode() not in stored
+
+
+def test_runs_list_filters_and_pages(client, env):
+    first = client.get("/v1/runs?limit=2&action=ping", headers=env.auth("reader")).get_json()
+    assert len(first["runs"]) == 2 and all(r["action"] == "ping" for r in first["runs"])
+    second = client.get(
+        f"/v1/runs?limit=2&action=ping&cursor={first['next_cursor']}", headers=env.auth()
+    ).get_json()
+    assert {r["id"] for r in first["runs"]}.isdisjoint(r["id"] for r in second["runs"])
+    assert client.get("/v1/runs?status=bogus", headers=env.auth()).status_code == 400
+
+
+def test_actions_instances_readyz_metrics_openapi(client, env, hosts):
+    actions = client.get("/v1/actions", headers=env.auth("reader")).get_json()
+    assert {"smoke_check", "ping", "sleep"} <= {a["name"] for a in actions["actions"]}
+    assert actions["missing"] == [{"name": "deploy", "playbook": "playbooks/not-written-yet.yml"}]
+    instances = client.get("/v1/instances", headers=env.auth("reader")).get_json()["instances"]
+    assert [i["name"] for i in instances] == hosts
+    assert all("testfleet" in i["groups"] for i in instances)
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.get_json()
+    assert ready.get_json()["checks"]["catalog"]["missing_playbooks"] == {
+        "deploy": "playbooks/not-written-yet.yml"
+    }
+    metrics = client.get("/metrics", headers=env.auth("reader")).get_data(as_text=True)
+    assert 'fleetdeck_runner_runs_total{action="ping",status="successful"}' in metrics
+    assert "fleetdeck_runner_active_leases 0.0" in metrics
+    spec = client.get("/v1/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.") and "/v1/runs/{id}/events" in spec["paths"]
+
+
+def test_smoke_check_runs_the_real_playbook(client, env, hosts):
+    run = finished(client, env, start(client, env, "smoke_check", "all").get_json()["id"], timeout=120)
+    assert run["status"] == "successful", run
+    assert set(run["hosts"]) == set(hosts)
+
+
+def test_check_mode_and_the_audit_environment(app, client, env, hosts):
+    run = finished(
+        client, env, start(client, env, "ping", hosts[0], check=True, caller="pinger").get_json()["id"]
+    )
+    assert run["status"] == "successful" and run["check"] and run["operator"] == "pinger"
+    command = (env.dir / "data" / "runs" / run["id"] / "artifacts" / "artifacts" / "command").read_text()
+    assert "--check" in command and "--diff" in command and "--vault-id" in command
+    assert json.loads(command)["env"]["FLEETDECK_RUN_SOURCE"] == f"runner:{run['id']}"
+    trail = app.extensions["fleetdeck"].store.audit_trail(run["id"])
+    assert [t["what"] for t in trail] == ["run.created", "run.finished"]
+    assert os.environ.get("FLEETDECK_RUN_SOURCE") is None
+
+
+def test_openapi_documents_every_route(app, client):
+    spec = client.get("/v1/openapi.json").get_json()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<run_id>", "{id}")
+        assert path in spec["paths"], path
+        assert set(rule.methods - {"HEAD", "OPTIONS"}) <= {m.upper() for m in spec["paths"][path]}, path

@@ -1,0 +1,85 @@
+"""The shipped action catalog and the configuration rules, without a fleet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from fleetdeck.service.catalog import Catalog, CatalogError
+from fleetdeck.service.config import PACKAGE_DIR, ConfigError, parse_tokens
+
+from tests.playbook import REPO
+
+ISSUE_ACTIONS = {
+    "smoke_check",
+    "deploy",
+    "configure",
+    "upgrade",
+    "canary_upgrade",
+    "rollback",
+    "backup",
+    "restore",
+    "rotate_secrets",
+    "restart_service",
+    "install_dependencies",
+    "update_binary",
+    "rotate_trust",
+}
+
+
+def test_shipped_catalog_has_every_action_and_hides_missing_playbooks():
+    catalog = Catalog.load(PACKAGE_DIR / "actions.yml", REPO)
+    assert set(catalog.actions) | set(catalog.missing) == ISSUE_ACTIONS
+    for name, playbook in catalog.missing.items():
+        assert not (REPO / playbook).exists(), name
+    for action in catalog.actions.values():
+        assert (REPO / action.playbook).is_file()
+
+
+def test_update_binary_needs_a_pinned_version(tmp_path):
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "update-binary.yml").write_text("---\n")
+    action = Catalog.load(PACKAGE_DIR / "actions.yml", tmp_path).actions["update_binary"]
+    assert action.parameter_errors({}) == ["parameter (root): 'fleetdeck_version' is a required property"]
+    assert action.parameter_errors({"fleetdeck_version": "latest"})[0].startswith(
+        "parameter fleetdeck_version:"
+    )
+    assert action.parameter_errors({"fleetdeck_version": "v2.3.4"}) == []
+
+
+def test_catalog_entries_must_be_complete_and_closed(tmp_path):
+    bad = tmp_path / "actions.yml"
+    bad.write_text(
+        "actions:\n  x: {playbook: a.yml, description: d, targets: [instance], mutating: true, "
+        "timeout: 5, parameters: {type: object, properties: {}}}\n"
+    )
+    with pytest.raises(CatalogError, match="additionalProperties"):
+        Catalog.load(bad, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([], "non-empty"),
+        ([{"name": "a", "token": "too-short", "scopes": ["read"]}], "shorter than 32"),
+        ([{"name": "a", "token": "changeme" * 5, "scopes": ["read"]}], "low-variety"),
+        (
+            [{"name": "a", "sha256": hashlib.sha256(b"changeme").hexdigest(), "scopes": ["read"]}],
+            "known-insecure",
+        ),
+        ([{"name": "a", "sha256": "abc", "scopes": ["read"]}], "64-hex-digit"),
+        ([{"name": "a", "token": "Q3k9-vT2x_Lm8pW4zR7nY1bC6dF0hJ5s", "scopes": ["root"]}], "unknown scope"),
+    ],
+)
+def test_bad_tokens_are_refused(entries, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_tokens(json.dumps(entries))
+
+
+def test_plaintext_tokens_are_kept_only_hashed():
+    [token] = parse_tokens(
+        json.dumps([{"name": "ci", "token": "Q3k9-vT2x_Lm8pW4zR7nY1bC6dF0hJ5s", "scopes": ["run:*"]}])
+    )
+    assert token.sha256 == hashlib.sha256(b"Q3k9-vT2x_Lm8pW4zR7nY1bC6dF0hJ5s").hexdigest()
+    assert "Q3k9" not in repr(token)

@@ -1,0 +1,110 @@
+"""The real `fleetdeck-runner` process (gunicorn) over HTTP: startup refusals, a run, SSE, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from fleetdeck.service.processes import process_groups
+
+from tests.playbook import BIN
+from tests.runner.service import Server, free_port, make_env, wait_until
+
+FLEET_SIZE = 2
+pytestmark = pytest.mark.fleet
+
+
+@pytest.fixture(scope="module")
+def env(fleet, tmp_path_factory):
+    return make_env(fleet, tmp_path_factory.mktemp("runner"))
+
+
+@pytest.fixture(scope="module")
+def server(env):
+    srv = Server(env, free_port())
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def wait_run(server, run_id, timeout=90):
+    return wait_until(
+        lambda: (lambda r: r if r["status"] not in ("queued", "waiting", "running") else None)(
+            server.call("GET", f"/v1/runs/{run_id}")[1]
+        ),
+        timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"FLEETDECK_RUNNER_TOKENS": ""}, "no tokens"),
+        (
+            {"FLEETDECK_RUNNER_TOKENS": json.dumps([{"name": "ci", "token": "short", "scopes": ["read"]}])},
+            "shorter than 32",
+        ),
+        (
+            {"FLEETDECK_RUNNER_TOKENS": json.dumps([{"name": "ci", "token": "x" * 40, "scopes": ["read"]}])},
+            "known-insecure",
+        ),
+        (
+            {
+                "FLEETDECK_RUNNER_TOKENS": json.dumps(
+                    [
+                        {
+                            "name": "ci",
+                            "sha256": "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
+                            "scopes": ["read"],
+                        }
+                    ]
+                )
+            },
+            "known-insecure",
+        ),
+        ({"FLEETDECK_HUB_URL": "http://127.0.0.1:9/x"}, "without FLEETDECK_HUB_SECRET"),
+    ],
+)
+def test_refuses_to_start_without_safe_auth(env, change, message):
+    proc = subprocess.run(
+        [str(BIN / "fleetdeck-runner")],
+        env={**os.environ, **env.env, **change},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_a_run_over_http_with_sse(server, fleet):
+    status, run = server.call("POST", "/v1/runs", {"action": "ping", "target": "testfleet"})
+    assert status == 202, run
+    status, stream = server.call(
+        "GET", f"/v1/runs/{run['id']}/events", headers={"Accept": "text/event-stream"}
+    )
+    assert status == 200 and "event: end" in stream
+    done = wait_run(server, run["id"])
+    assert done["status"] == "successful" and set(done["hosts"]) == {h.name for h in fleet.hosts}
+    assert server.call("GET", "/v1/runs")[0] == 200
+    assert server.call("GET", "/v1/runs", caller=None)[0] == 401
+    assert server.call("GET", "/readyz", caller=None)[0] == 200
+
+
+def test_sigkilled_runner_restarts_with_the_run_interrupted_and_its_lease_free(server, fleet):
+    host = fleet.hosts[0].name
+    status, run = server.call("POST", "/v1/runs", {"action": "sleep", "target": host})
+    assert status == 202
+    wait_until(lambda: server.call("GET", f"/v1/runs/{run['id']}")[1]["status"] == "running")
+    wait_until(lambda: process_groups(run["id"]))
+    server.kill()
+    server.start()
+    after = server.call("GET", f"/v1/runs/{run['id']}")[1]
+    assert after["status"] == "interrupted" and after["reason"] == "runner restarted"
+    assert not process_groups(run["id"]), "the orphaned ansible-playbook must be stopped on restart"
+    instances = server.call("GET", "/v1/instances")[1]["instances"]
+    assert all(i["leased_by"] is None for i in instances)
+    status, again = server.call("POST", "/v1/runs", {"action": "ping", "target": host})
+    assert status == 202
+    assert wait_run(server, again["id"])["status"] == "successful"

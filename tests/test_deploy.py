@@ -1,0 +1,130 @@
+"""Inventory -> deploy -> configure on 3 real hosts: healthy, idempotent, honest in check mode, no leaks."""
+
+import shutil
+import stat
+
+import pytest
+
+from tests.deployment import Deployment
+
+FLEET_SIZE = 3
+
+
+@pytest.fixture(scope="module")
+def deployment(fleet, tmp_path_factory):
+    deployment = Deployment.create(fleet, tmp_path_factory.mktemp("deploy"))
+    result = deployment.playbook("deploy.yml")
+    assert result.rc == 0, result.output
+    return deployment
+
+
+def test_deploy_brings_every_instance_up_healthy(deployment):
+    for instance in deployment.instances:
+        health = deployment.health(instance)
+        assert health["status"] == "ok" and health["version"] == "1.0.0", health
+        assert health["database"] == "reachable" and health["instance"] == instance
+        assert deployment.on(instance, "readlink /opt/refapp/current").strip() == "/opt/refapp/releases/1.0.0"
+        assert '"current": "1.0.0"' in deployment.on(instance, "cat /etc/ansible/facts.d/app.fact")
+
+
+def test_second_deploy_changes_nothing(deployment):
+    result = deployment.playbook("deploy.yml")
+    assert result.rc == 0, result.output
+    assert result.changed() == dict.fromkeys(deployment.instances, 0)
+
+
+def test_check_mode_changes_nothing(deployment):
+    pids = {i: deployment.main_pid(i) for i in deployment.instances}
+    before = {i: deployment.on(i, "md5sum /opt/refapp/shared/config/*.env") for i in deployment.instances}
+    result = deployment.playbook("deploy.yml", "--check", "--diff")
+    assert result.rc == 0, result.output
+    assert result.changed() == dict.fromkeys(deployment.instances, 0)
+    assert {i: deployment.main_pid(i) for i in deployment.instances} == pids
+    assert {i: deployment.on(i, "md5sum /opt/refapp/shared/config/*.env") for i in deployment.instances} == before
+
+
+def test_configure_previews_then_restarts_only_the_changed_instance(deployment):
+    host_vars = deployment.inventory / "host_vars" / "inst1" / "main.yml"
+    host_vars.write_text(host_vars.read_text().replace("app_features: []", "app_features: [beta]"))
+    pids = {i: deployment.main_pid(i) for i in deployment.instances}
+
+    preview = deployment.playbook("configure.yml", "--check", "--diff")
+    assert preview.rc == 0, preview.output
+    assert '+REFAPP_FEATURES="beta"' in preview.output
+    assert preview.changed()["inst1"] > 0 and preview.changed()["inst2"] == 0
+    assert {i: deployment.main_pid(i) for i in deployment.instances} == pids
+    assert deployment.health("inst1")["features"] == []
+
+    result = deployment.playbook("configure.yml")
+    assert result.rc == 0, result.output
+    assert deployment.health("inst1")["features"] == ["beta"]
+    after = {i: deployment.main_pid(i) for i in deployment.instances}
+    assert after["inst1"] != pids["inst1"]
+    assert {i: after[i] for i in ("inst2", "inst3")} == {i: pids[i] for i in ("inst2", "inst3")}
+    assert deployment.playbook("configure.yml").changed() == dict.fromkeys(deployment.instances, 0)
+
+
+def test_vault_files_are_encrypted_and_private(deployment):
+    for vault_file in deployment.inventory.glob("host_vars/*/vault.yml"):
+        assert vault_file.read_text().startswith("$ANSIBLE_VAULT;1.2;AES256;fleetdeck")
+        assert stat.S_IMODE(vault_file.stat().st_mode) == 0o600
+
+
+def test_smoke_reports_a_healthy_table(deployment):
+    result = deployment.playbook("smoke.yml")
+    assert result.rc == 0, result.output
+    for instance, address in deployment.instances.items():
+        assert f"{instance:<16} {address:<15} healthy     1.0.0" in result.output
+    assert "3 instances, 3 answered" in result.output
+
+
+def test_wrong_vault_password_fails_clearly_and_touches_nothing(deployment, tmp_path):
+    wrong = tmp_path / "wrong-pass"
+    wrong.write_text("not-the-password\n")
+    pids = {i: deployment.main_pid(i) for i in deployment.instances}
+    result = deployment.playbook("deploy.yml", env={"FLEETDECK_VAULT_PASSWORD_FILE": str(wrong)})
+    assert result.rc != 0
+    assert "Decryption failed" in result.output
+    assert {i: deployment.main_pid(i) for i in deployment.instances} == pids
+
+
+def test_artifact_with_wrong_checksum_is_refused(deployment, tmp_path):
+    bad = tmp_path / "dist"
+    shutil.copytree(deployment.dist, bad)
+    (bad / "refapp-1.1.0-linux-amd64.tar.gz.sha256").write_text(f"{'0' * 64}  refapp-1.1.0-linux-amd64.tar.gz\n")
+    result = deployment.playbook("deploy.yml", "--limit", "inst2", "-e", "app_version=1.1.0",
+                                 "-e", f"app_artifact_controller_dir={bad}")
+    assert result.rc != 0
+    assert "but its .sha256 file says " + "0" * 64 in result.output
+    assert "refusing to install it" in result.output
+    assert deployment.health("inst2")["version"] == "1.0.0"
+    assert deployment.on("inst2", "ls /opt/refapp/releases").split() == ["1.0.0"]
+
+
+def test_unreachable_instance_is_named_and_others_are_untouched(deployment, tmp_path):
+    inventory = tmp_path / "with-ghost"
+    shutil.copytree(deployment.inventory, inventory)
+    ghost = deployment.fleet.address(99)  # on the fleet's subnet, but nobody answers there
+    proc = deployment.script("add-instance", "ghost", "ghost.example.test", ghost, "--no-host-key",
+                             "-i", str(inventory))
+    assert proc.returncode == 0
+    pids = {i: deployment.main_pid(i) for i in deployment.instances}
+    original, deployment.inventory = deployment.inventory, inventory
+    try:
+        result = deployment.playbook("deploy.yml")
+    finally:
+        deployment.inventory = original
+    assert result.rc != 0
+    assert result.recap["ghost"]["unreachable"] == 1
+    assert "ghost                      : ok=0" in result.output or "UNREACHABLE! => " in result.output
+    assert all(result.recap[i]["failed"] == 0 for i in deployment.instances)
+    assert {i: deployment.main_pid(i) for i in deployment.instances} == pids
+
+
+def test_no_secret_appears_in_any_output_or_log(deployment):
+    secrets = deployment.vault_values()
+    assert len(secrets) == 2 * len(deployment.instances)
+    logs = [deployment.on(i, "journalctl --no-pager -o cat") for i in deployment.instances]
+    for text in deployment.outputs + logs:
+        for secret in secrets:
+            assert secret not in text
