@@ -8,6 +8,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from tests.fleet import Fleet
 from tests.playbook import BIN, REPO, PlaybookResult, ansible_playbook
 from tests.refapp.build import build
@@ -27,7 +29,8 @@ class Deployment:
         """Build the releases, bootstrap a vault password and add one instance per fleet host."""
         dist = workdir / "dist"
         build(dist, None)
-        env = {**fleet.ansible_env(), "FLEETDECK_VAULT_PASSWORD_FILE": str(workdir / "vault-pass")}
+        env = {**fleet.ansible_env(), "FLEETDECK_VAULT_PASSWORD_FILE": str(workdir / "vault-pass"),
+               "FLEETDECK_AUDIT_LOG": str(workdir / "audit.log")}
         deployment = cls(fleet, workdir / "inventory" / "test", dist, env)
         deployment.script("bootstrap-vault", "-i", str(deployment.inventory))
         for index, host in enumerate(fleet.hosts):
@@ -60,6 +63,20 @@ class Deployment:
 
     def main_pid(self, instance: str) -> str:
         return self.on(instance, "systemctl show -p MainPID --value refapp").strip()
+
+    def secrets(self, instance: str) -> dict:
+        """The instance's decrypted vault.yml."""
+        vault_file = self.inventory / "host_vars" / instance / "vault.yml"
+        proc = subprocess.run([str(BIN / "ansible-vault"), "view", str(vault_file)], cwd=REPO,
+                              env={**os.environ, **self.env}, capture_output=True, text=True, check=True)
+        return yaml.safe_load(proc.stdout)
+
+    def api(self, instance: str, method: str, path: str, body: str = "") -> dict:
+        """Call the app's authenticated API on the instance, with its current token."""
+        token = self.secrets(instance)["vault_app_api_token"]
+        data = f"-d '{body}' " if body else ""
+        return json.loads(self.on(instance, f"curl -sf -X {method} -H 'Authorization: Bearer {token}' "
+                                            f"-H 'Content-Type: application/json' {data}http://127.0.0.1:8080{path}"))
 
     def vault_values(self) -> list[str]:
         """Every secret value in the environment's vault files (decrypted with ansible-vault)."""

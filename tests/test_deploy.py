@@ -92,7 +92,7 @@ def test_artifact_with_wrong_checksum_is_refused(deployment, tmp_path):
     bad = tmp_path / "dist"
     shutil.copytree(deployment.dist, bad)
     (bad / "refapp-1.1.0-linux-amd64.tar.gz.sha256").write_text(f"{'0' * 64}  refapp-1.1.0-linux-amd64.tar.gz\n")
-    result = deployment.playbook("deploy.yml", "--limit", "inst2", "-e", "app_version=1.1.0",
+    result = deployment.playbook("deploy.yml", "--tags", "app", "--limit", "inst2", "-e", "app_version=1.1.0",
                                  "-e", f"app_artifact_controller_dir={bad}")
     assert result.rc != 0
     assert "but its .sha256 file says " + "0" * 64 in result.output
@@ -111,7 +111,7 @@ def test_unreachable_instance_is_named_and_others_are_untouched(deployment, tmp_
     pids = {i: deployment.main_pid(i) for i in deployment.instances}
     original, deployment.inventory = deployment.inventory, inventory
     try:
-        result = deployment.playbook("deploy.yml")
+        result = deployment.playbook("deploy.yml", "--tags", "app")
     finally:
         deployment.inventory = original
     assert result.rc != 0

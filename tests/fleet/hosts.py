@@ -131,8 +131,12 @@ class Fleet:
         return self.dir / "cp"
 
     def ssh_args(self) -> list[str]:
+        # One multiplexed connection per host, like Ansible's: UFW's rate limit on SSH (common role)
+        # refuses a burst of fresh connections.
         return ["-i", str(self.key_file), "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path_dir}/t-%C",
+                "-o", "ControlPersist=60"]
 
     def ssh(self, host: Host | str, command: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run a command on a host over real SSH."""
@@ -311,9 +315,10 @@ class Fleet:
     def _close_control_masters(self) -> None:
         """Dead ControlPersist masters make later runs hang, so close them before the hosts go."""
         for host in self._load():
-            for cp_dir in (self.control_path_dir, Path("~/.ansible/cp").expanduser()):
-                if cp_dir.is_dir():
-                    _run("ssh", "-o", f"ControlPath={cp_dir}/%C", "-O", "exit", f"root@{host.address}",
+            for control_path in (f"{self.control_path_dir}/%C", f"{self.control_path_dir}/t-%C",
+                                 str(Path("~/.ansible/cp/%C").expanduser())):
+                if Path(control_path).parent.is_dir():
+                    _run("ssh", "-o", f"ControlPath={control_path}", "-O", "exit", f"root@{host.address}",
                          check=False)
 
     @staticmethod

@@ -41,11 +41,11 @@ def test_update_binary_needs_a_pinned_version(tmp_path):
     (tmp_path / "playbooks").mkdir()
     (tmp_path / "playbooks" / "update-binary.yml").write_text("---\n")
     action = Catalog.load(PACKAGE_DIR / "actions.yml", tmp_path).actions["update_binary"]
-    assert action.parameter_errors({}) == ["parameter (root): 'fleetdeck_version' is a required property"]
-    assert action.parameter_errors({"fleetdeck_version": "latest"})[0].startswith(
-        "parameter fleetdeck_version:"
+    assert action.parameter_errors({}) == ["parameter (root): 'app_version' is a required property"]
+    assert action.parameter_errors({"app_version": "latest"})[0].startswith(
+        "parameter app_version:"
     )
-    assert action.parameter_errors({"fleetdeck_version": "v2.3.4"}) == []
+    assert action.parameter_errors({"app_version": "2.3.4"}) == []
 
 
 def test_catalog_entries_must_be_complete_and_closed(tmp_path):

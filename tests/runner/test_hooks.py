@@ -118,7 +118,7 @@ def test_signed_tag_push_starts_a_canary_upgrade_and_the_hub_gets_a_signed_retri
     assert (run["action"], run["target"], run["params"]) == (
         "canary_upgrade",
         "testfleet",
-        {"fleetdeck_version": "v1.4.2"},
+        {"app_version": "1.4.2"},
     )
     assert run["operator"] == "git-hook" and run["source"] == "hook:d-1"
 

@@ -57,7 +57,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     hook_secret: str | None = None
     hook_target: str = "all"
-    hook_tag_pattern: str = r"^refs/tags/(v?\d+\.\d+\.\d+)$"
+    hook_tag_pattern: str = r"^refs/tags/v?(\d+\.\d+\.\d+)$"
     hook_window: float = 300.0
     hub_url: str | None = None
     hub_secret: str | None = None

@@ -86,7 +86,7 @@ def git_push():
     action = svc.catalog.actions.get(HOOK_ACTION)
     if action is None:
         raise ApiError(503, "action_unavailable", f"{HOOK_ACTION} is not available (its playbook is missing)")
-    params = {"fleetdeck_version": match.group(1)}
+    params = {"app_version": match.group(1)}
     errors = action.parameter_errors(params)
     if errors:
         raise ApiError(422, "invalid_params", "; ".join(errors))

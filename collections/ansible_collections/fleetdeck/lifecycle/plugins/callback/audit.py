@@ -173,6 +173,19 @@ class CallbackModule(CallbackBase):
             )
             lines.append(json.dumps(record) + "\n")
         self._append(lines)
+        self._show_summary([json.loads(line) for line in lines])
+
+    def _show_summary(self, records):
+        """Which instance is on which version now: the answer an operator needs after a stopped rollout."""
+        play = records and self._hosts[records[0]["instance"]]["play"]
+        # The play's whole host list, so instances of batches that never started are listed too.
+        targeted = {h.name for h in play.get_variable_manager()._inventory.get_hosts(play.hosts)}
+        rows = [(r["instance"], r["result"], r["version_from"] or "-", r["version_to"] or "-") for r in records]
+        rows += [(name, "not started", "-", "unchanged") for name in sorted(targeted - set(self._hosts))]
+        self._display.banner(f"FLEETDECK SUMMARY ({self._playbook})")
+        self._display.display(f"{'INSTANCE':<20} {'RESULT':<12} {'FROM':<12} NOW")
+        for row in rows:
+            self._display.display(f"{row[0]:<20} {row[1]:<12} {row[2]:<12} {row[3]}")
 
     def _append(self, lines):
         path = self.get_option("log_path")

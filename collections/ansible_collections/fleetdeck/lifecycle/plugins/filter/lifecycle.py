@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping
 from urllib.parse import quote, quote_plus
 
@@ -104,10 +106,18 @@ def release_summary(mapping, key=None):
     return rows
 
 
+def hmac_sha256(message, key):
+    """Hex HMAC-SHA256 of a message, for signing outbound webhooks."""
+    if not key:
+        raise AnsibleFilterError("hmac_sha256: the key is empty")
+    return hmac.new(str(key).encode(), str(message).encode(), hashlib.sha256).hexdigest()
+
+
 class FilterModule:
     def filters(self):
         return {
             "batch_plan": batch_plan,
             "redact": redact,
             "release_summary": release_summary,
+            "hmac_sha256": hmac_sha256,
         }

@@ -126,15 +126,15 @@ version:
   sample: 1.2.0
 """
 
-import http.client  # noqa: E402
-import json  # noqa: E402
-import socket  # noqa: E402
-import ssl  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
+import http.client
+import json
+import socket
+import ssl
+import time
+import urllib.error
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.urls import open_url  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 
 BODY_LIMIT = 2048
 DETAIL_LIMIT = 8

@@ -1,0 +1,110 @@
+"""Command line of scripts/add-instance, bootstrap-vault, rekey-vault and secret-age."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fleetdeck import age, inventory, rekey, scaffold, vault
+from fleetdeck.errors import FleetdeckError
+
+DEFAULT_ENV = scaffold.REPO / "inventory" / "production"
+
+
+def bootstrap_vault(args: argparse.Namespace) -> None:
+    path = vault.password_file()
+    if vault.bootstrap(path):
+        print(f"created the vault password file {path} (mode 0600); back it up somewhere safe")
+    else:
+        print(f"vault password file {path} already exists; left unchanged")
+    print("Ansible finds it through ansible.cfg: vault_identity_list = fleetdeck@scripts/vault-pass-client\n"
+          "(the client reads $FLEETDECK_VAULT_PASSWORD_FILE, else ~/.config/fleetdeck/vault-pass)")
+    print(f"it encrypts {args.inventory} and every other environment that uses this file; "
+          "give an environment its own password with FLEETDECK_VAULT_PASSWORD_FILE")
+
+
+def add_instance(args: argparse.Namespace) -> None:
+    written = scaffold.add_instance(args.inventory, args.name, args.domain, args.address, tier=args.tier,
+                                    canary=args.canary, version=args.version, port=args.port,
+                                    host_key=not args.no_host_key)
+    for path in written:
+        print(f"wrote {path}")
+    if args.no_host_key:
+        print(f"no SSH host key pinned (--no-host-key): Ansible will refuse {args.name} until its key is in "
+              f"{_shown(args.inventory)}/known_hosts (e.g. ssh-keyscan -t ed25519 {args.address} >> ...)")
+    print(f"next: ansible-playbook -i {_shown(args.inventory)} playbooks/deploy.yml --limit {args.name}")
+
+
+def rekey_vault(args: argparse.Namespace) -> None:
+    settled = rekey.recover(args.inventory)
+    if settled:
+        print(f"{settled}; run rekey-vault again to change the password once more")
+        return
+    rekeyed = rekey.rekey(args.inventory, args.new_password_file)
+    print(f"re-encrypted {len(rekeyed)} vault file(s) in {_shown(args.inventory)}; "
+          f"the new password is in {vault.password_file()}")
+
+
+def secret_age(args: argparse.Namespace) -> None:
+    rows = age.secret_ages(inventory.load(args.inventory), vault.read_password(), datetime.now(UTC))
+    table = [("INSTANCE", "SECRET", "AGE (DAYS)", "ROTATE EVERY", "STATUS")]
+    table += [(r.host, r.secret, "unknown" if r.age_days is None else str(r.age_days),
+               str(r.rotate_every_days), "OVERDUE" if r.overdue else "ok") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fleetdeck")
+    commands = top.add_subparsers(dest="command", required=True)
+    env = argparse.ArgumentParser(add_help=False)
+    env.add_argument("-i", "--inventory", type=Path, default=DEFAULT_ENV,
+                     help="environment directory (default: inventory/production)")
+
+    cmd = commands.add_parser("bootstrap-vault", parents=[env], help="create the vault password file")
+    cmd.set_defaults(run=bootstrap_vault)
+
+    cmd = commands.add_parser("add-instance", parents=[env], help="add an instance to an environment")
+    cmd.add_argument("name", metavar="NAME", help="inventory host name, e.g. acme")
+    cmd.add_argument("domain", metavar="DOMAIN", help="the instance's public FQDN")
+    cmd.add_argument("address", metavar="ADDRESS", help="IP address or DNS name Ansible connects to")
+    cmd.add_argument("--tier", type=int, choices=(1, 2), default=1,
+                     help="1: managed; 2: managed and reporting to central monitoring")
+    cmd.add_argument("--canary", action="store_true", help="also put the instance in the canary group")
+    cmd.add_argument("--version", default="1.0.0", help="app version to pin (default 1.0.0)")
+    cmd.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    cmd.add_argument("--no-host-key", action="store_true",
+                     help="do not fetch and pin the SSH host key (the host is not up yet)")
+    cmd.set_defaults(run=add_instance)
+
+    cmd = commands.add_parser("rekey-vault", parents=[env], help="change the vault password, all or none")
+    cmd.add_argument("--new-password-file", type=Path,
+                     help="take the new password from this file (default: generate one)")
+    cmd.set_defaults(run=rekey_vault)
+
+    cmd = commands.add_parser("secret-age", parents=[env], help="age of every instance's secrets")
+    cmd.set_defaults(run=secret_age)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except FleetdeckError as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return exc.exit_status
+    return 0
+
+
+def _shown(path: Path) -> Path:
+    """The environment as the next command (run from the repository root) should name it."""
+    path = path.absolute()
+    return path.relative_to(scaffold.REPO) if path.is_relative_to(scaffold.REPO) else path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

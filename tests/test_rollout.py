@@ -1,0 +1,170 @@
+"""Rolling and canary upgrades, automatic rollback, rollback, the instance lock and the audit log on 5 hosts."""
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.deployment import Deployment
+from tests.playbook import BIN, REPO
+
+FLEET_SIZE = 5
+FAST = ("-e", "rollout_soak_seconds=3", "-e", "rollout_soak_interval=1", "-e", "app_health_retries=8")
+ALERT_SECRET = secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def deployment(fleet, tmp_path_factory):
+    deployment = Deployment.create(fleet, tmp_path_factory.mktemp("rollout"), canary=1)
+    result = deployment.playbook("deploy.yml")
+    assert result.rc == 0, result.output
+    for instance in deployment.instances:
+        deployment.api(instance, "POST", "/items", '{"name": "Kept Through Upgrades"}')
+    return deployment
+
+
+@pytest.fixture
+def alerts():
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            signed = f"{self.headers['X-Fleetdeck-Timestamp']}.{body.decode()}".encode()
+            expected = "sha256=" + hmac.new(ALERT_SECRET.encode(), signed, hashlib.sha256).hexdigest()
+            received.append({"valid": hmac.compare_digest(expected, self.headers["X-Fleetdeck-Signature"]),
+                             "body": json.loads(body)})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/alerts", received
+    server.shutdown()
+
+
+def versions(deployment):
+    return {i: deployment.health(i)["version"] for i in deployment.instances}
+
+
+def pids(deployment):
+    return {i: deployment.main_pid(i) for i in deployment.instances}
+
+
+def test_rolling_upgrade_stops_at_an_unreachable_host(deployment):
+    veth = f"fdv-{deployment.fleet.name}-3"  # inst3, in the second batch
+    before = pids(deployment)
+    subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+    try:
+        result = deployment.playbook("upgrade.yml", "-e", "app_version=1.1.0", "-e",
+                                     '{"upgrade_batches": [1, 2, 2]}', *FAST)
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    assert result.rc != 0
+    assert result.recap["inst3"]["unreachable"] == 1
+    assert "inst4" not in result.recap and "inst5" not in result.recap  # the third batch never started
+    assert "FLEETDECK SUMMARY (upgrade.yml)" in result.output
+    assert "inst4                not started" in result.output
+    assert versions(deployment) == {"inst1": "1.1.0", "inst2": "1.1.0", "inst3": "1.0.0", "inst4": "1.0.0",
+                                    "inst5": "1.0.0"}
+    after = pids(deployment)
+    assert {i: after[i] for i in ("inst3", "inst4", "inst5")} == {i: before[i] for i in ("inst3", "inst4", "inst5")}
+    assert all(deployment.health(i)["status"] == "ok" for i in deployment.instances)
+
+
+def test_canary_upgrade_takes_the_whole_fleet_with_its_data(deployment):
+    result = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.1.0", *FAST)
+    assert result.rc == 0, result.output
+    for instance in deployment.instances:
+        health = deployment.health(instance)
+        assert (health["status"], health["version"], health["schema"]) == ("ok", "1.1.0", 2)
+        items = deployment.api(instance, "GET", "/items")["items"]
+        assert [(i["name"], i["slug"]) for i in items] == [("Kept Through Upgrades", "kept-through-upgrades")]
+        assert deployment.on(instance, "ls /opt/refapp/shared/data/items").split() == [f"{items[0]['id']}.json"]
+    pinned = (deployment.inventory / "host_vars/inst4/main.yml").read_text()
+    assert 'app_version: "1.1.0"' in pinned
+
+    again = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.1.0", *FAST)
+    assert again.rc == 0, again.output
+    assert again.changed() == dict.fromkeys(deployment.instances, 0)
+
+
+def test_failing_canary_is_rolled_back_and_alerts(deployment, alerts):
+    url, received = alerts
+    before = pids(deployment)
+    result = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.2.0", "-e", f"rollout_alert_url={url}",
+                                 "-e", f"rollout_alert_secret={ALERT_SECRET}", *FAST)
+    assert result.rc != 0
+    assert "upgrade to 1.2.0 failed" in result.output and "rolled back to 1.1.0" in result.output
+    assert versions(deployment) == dict.fromkeys(deployment.instances, "1.1.0")
+    assert deployment.health("inst1")["status"] == "ok"
+    after = pids(deployment)
+    assert {i: after[i] for i in after if i != "inst1"} == {i: before[i] for i in before if i != "inst1"}
+    assert len(received) == 1 and received[0]["valid"]
+    assert received[0]["body"] | {"reason": None, "play": None} == {
+        "event": "rollout_failed", "instance": "inst1", "version": "1.2.0", "rolled_back_to": "1.1.0",
+        "reason": None, "play": None}
+    assert ALERT_SECRET not in result.output
+
+
+def test_rollback_returns_to_the_previous_release_and_stays(deployment):
+    result = deployment.playbook("rollback.yml", "--limit", "inst2")
+    assert result.rc == 0, result.output
+    health = deployment.health("inst2")
+    assert (health["status"], health["version"]) == ("ok", "1.0.0")
+    again = deployment.playbook("rollback.yml", "--limit", "inst2")
+    assert again.rc == 0 and again.changed() == {"inst2": 0}, again.output
+    assert deployment.health("inst2")["version"] == "1.0.0"
+
+    missing = deployment.playbook("rollback.yml", "--limit", "inst2", "-e", "app_rollback_version=9.9.9")
+    assert missing.rc != 0
+    assert "cannot roll back to 9.9.9; releases kept here: 1.0.0, 1.1.0" in missing.output
+
+
+def test_upgrade_check_mode_changes_nothing(deployment):
+    before = pids(deployment)
+    result = deployment.playbook("upgrade.yml", "--check", "--limit", "inst2", "-e", "app_version=1.1.0")
+    assert result.rc == 0, result.output
+    assert pids(deployment) == before
+    assert deployment.on("inst2", "readlink /opt/refapp/current").strip() == "/opt/refapp/releases/1.0.0"
+
+
+def test_a_locked_instance_refuses_a_second_operation(deployment):
+    holder = subprocess.run(
+        [str(BIN / "ansible"), "-i", str(deployment.inventory), "inst4", "-m", "fleetdeck.lifecycle.instance_lock",
+         "-a", "holder=ci-job-42 token=other-run pid=4242"],
+        cwd=REPO, env={**os.environ, **deployment.env}, capture_output=True, text=True)
+    assert holder.returncode == 0, holder.stdout + holder.stderr
+    before = deployment.main_pid("inst4")
+    result = deployment.playbook("upgrade.yml", "--limit", "inst4", "-e", "app_version=1.0.0", *FAST)
+    assert result.rc != 0
+    assert "instance is locked by ci-job-42 (pid 4242" in result.output
+    assert deployment.main_pid("inst4") == before and deployment.health("inst4")["version"] == "1.1.0"
+
+    unlock = deployment.playbook("unlock.yml", "--limit", "inst4")
+    assert unlock.rc == 0, unlock.output
+    assert deployment.fleet.ssh(deployment.instances["inst4"], "test -e /var/lib/fleetdeck/lock.json",
+                                check=False).returncode == 1
+
+
+def test_audit_log_has_a_line_per_instance_per_run(deployment):
+    lines = [json.loads(line) for line in (deployment.inventory.parents[1] / "audit.log").read_text().splitlines()]
+    to_1_1 = [line for line in lines if line["action"] == "canary_upgrade" and line["version_to"] == "1.1.0"
+              and line["result"] in ("ok", "changed")]
+    assert sorted({line["instance"] for line in to_1_1}) == sorted(deployment.instances)
+    upgraded = sorted(line["instance"] for line in to_1_1 if line["version_from"] == "1.0.0")
+    assert upgraded == ["inst3", "inst4", "inst5"]
+    failed = [line for line in lines if line["action"] == "canary_upgrade" and line["result"] == "failed"]
+    assert [(f["instance"], f["version_from"], f["version_to"]) for f in failed] == [("inst1", "1.1.0", "1.1.0")]
+    deploys = [line for line in lines if line["action"] == "deploy"]
+    assert sorted(line["instance"] for line in deploys) == sorted(deployment.instances)
+    assert all(line["operator"] and line["source"] == "cli" for line in lines)
