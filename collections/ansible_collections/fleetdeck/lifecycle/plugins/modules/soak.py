@@ -62,6 +62,7 @@ promql_value: {description: First value of the query., returned: when promql, ty
 import json
 import re
 import time
+import urllib.error
 import urllib.parse
 
 from ansible.module_utils.basic import AnsibleModule
@@ -94,8 +95,10 @@ def check_health(params):
     """None when healthy, else the answer in words."""
     try:
         code, body = _get(params["health_url"], params["timeout"])
+    except urllib.error.HTTPError as e:  # an answer all the same: say what it was
+        code, body = e.code, e.read().decode("utf-8", "replace")
     except Exception as e:  # any failure to get an answer is an unhealthy canary
-        return f"no answer ({getattr(e, 'code', None) or e})"
+        return f"no answer ({e})"
     try:
         data = json.loads(body)
     except ValueError:

@@ -95,6 +95,8 @@ def test_one_line_per_host_with_all_fields(tmp_path):
     assert (by_host["web2"]["result"], by_host["web2"]["changed"]) == ("failed", 1)
     assert (by_host["web3"]["result"], by_host["web3"]["changed"]) == ("changed", 1)
     assert "hunter2" not in log.read_text()
+    summary = proc.stdout.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
+    assert "web2                 failed       1.1.0        1.2.0" in summary
 
 
 def test_runs_append_and_record_check_mode_and_source(tmp_path):

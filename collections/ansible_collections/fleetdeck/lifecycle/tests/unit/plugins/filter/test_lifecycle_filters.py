@@ -19,6 +19,7 @@ sys.path.insert(0, str(COLLECTIONS_PATH))
 from ansible_collections.fleetdeck.lifecycle.plugins.filter.lifecycle import (  # noqa: E402
     FilterModule,
     batch_plan,
+    hmac_sha256,
     redact,
     release_summary,
 )
@@ -102,7 +103,7 @@ def test_release_summary_from_hostvars_like_mapping():
 
 
 def test_filter_module_exposes_all_filters():
-    assert set(FilterModule().filters()) == {"batch_plan", "redact", "release_summary"}
+    assert set(FilterModule().filters()) == {"batch_plan", "redact", "release_summary", "hmac_sha256"}
 
 
 PLAYBOOK = """
@@ -156,3 +157,13 @@ def test_filters_in_a_real_playbook(tmp_path, serial):
     assert result["rows"][0] == {"instance": "h00", "current": "1.0", "previous": None,
                                  "last_change": "2025-03-01T00:00:00Z"}
     assert result["rows"][-1]["instance"] == "localhost"
+
+
+def test_hmac_sha256_matches_the_standard_library():
+    import hashlib
+    import hmac
+
+    expected = hmac.new(b"shared", b"1700000000.{}", hashlib.sha256).hexdigest()
+    assert hmac_sha256("1700000000.{}", "shared") == expected
+    with pytest.raises(AnsibleFilterError, match="the key is empty"):
+        hmac_sha256("message", "")

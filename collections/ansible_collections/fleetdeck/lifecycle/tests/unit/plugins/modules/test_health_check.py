@@ -8,70 +8,14 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
+from module_runner import run_module
 
 COLLECTION = Path(__file__).resolve().parents[4]
 COLLECTIONS_PATH = COLLECTION.parents[2]
-MODULE = COLLECTION / "plugins" / "modules" / "health_check.py"
 BIN = Path(sys.executable).parent
-
-
-class ScriptedServer:
-    """Answers with the scripted (code, body, delay) tuples in order; the last one repeats."""
-
-    def __init__(self):
-        self.script = [(200, {"status": "ok", "version": "1.2.0"}, 0)]
-        self.requests = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                index = len(server.requests)
-                server.requests.append(dict(self.headers))
-                code, body, delay = server.script[min(index, len(server.script) - 1)]
-                time.sleep(delay)
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/health"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server():
-    srv = ScriptedServer()
-    yield srv
-    srv.close()
-
-
-def run_module(**args):
-    """Execute the module file the way ansible-core's debug entry point allows; return (rc, result)."""
-    proc = subprocess.run(
-        [sys.executable, str(MODULE), json.dumps({"ANSIBLE_MODULE_ARGS": args})],
-        capture_output=True, text=True, timeout=60,
-    )
-    return proc.returncode, json.loads(proc.stdout)
 
 
 def fast(**args):
@@ -83,7 +27,7 @@ FAILING = {"status": "failing", "version": "1.2.0", "checks": {"database": "unre
 
 def test_recovers_after_503(server):
     server.script = [(503, FAILING, 0), (503, FAILING, 0), (200, {"status": "ok", "version": "1.2.0"}, 0)]
-    rc, result = run_module(**fast(url=server.url, expected_version="1.2.0", delay=0.3))
+    rc, result = run_module("health_check", **fast(url=server.url, expected_version="1.2.0", delay=0.3))
     assert rc == 0, result
     assert result["healthy"] is True
     assert result["changed"] is False
@@ -96,7 +40,7 @@ def test_recovers_after_503(server):
 
 def test_failure_message_describes_last_answer(server):
     server.script = [(503, FAILING, 0)]
-    rc, result = run_module(**fast(url=server.url, retries=3, expected_version="1.2.0"))
+    rc, result = run_module("health_check", **fast(url=server.url, retries=3, expected_version="1.2.0"))
     assert rc == 1
     assert result["healthy"] is False
     assert result["attempts"] == 3 == len(server.requests)
@@ -111,7 +55,7 @@ def test_failure_message_describes_last_answer(server):
 
 def test_wrong_version_is_not_healthy(server):
     server.script = [(200, {"status": "ok", "version": "1.1.0"}, 0)]
-    rc, result = run_module(**fast(url=server.url, retries=2, expected_version="1.2.0"))
+    rc, result = run_module("health_check", **fast(url=server.url, retries=2, expected_version="1.2.0"))
     assert rc == 1
     assert result["version"] == "1.1.0"
     assert result["msg"].endswith("last answer HTTP 200, status=ok, version=1.1.0 (expected 1.2.0)")
@@ -119,13 +63,13 @@ def test_wrong_version_is_not_healthy(server):
 
 def test_without_expected_version_any_version_is_fine(server):
     server.script = [(200, {"status": "ok", "version": "9.9.9"}, 0)]
-    rc, result = run_module(**fast(url=server.url))
+    rc, result = run_module("health_check", **fast(url=server.url))
     assert rc == 0 and result["attempts"] == 1
 
 
 def test_custom_status_and_code(server):
     server.script = [(200, {"status": "ok"}, 0), (202, {"status": "pass"}, 0)]
-    rc, result = run_module(**fast(url=server.url, expected_status="pass", status_code=202))
+    rc, result = run_module("health_check", **fast(url=server.url, expected_status="pass", status_code=202))
     assert rc == 0, result
     assert result["attempts"] == 2
     assert result["version"] is None
@@ -133,7 +77,7 @@ def test_custom_status_and_code(server):
 
 def test_invalid_json_body_is_returned_as_text(server):
     server.script = [(200, "<html>maintenance</html>", 0)]
-    rc, result = run_module(**fast(url=server.url, retries=2))
+    rc, result = run_module("health_check", **fast(url=server.url, retries=2))
     assert rc == 1
     assert result["body"] == "<html>maintenance</html>"
     assert result["msg"].endswith(
@@ -143,7 +87,7 @@ def test_invalid_json_body_is_returned_as_text(server):
 
 def test_long_text_body_is_trimmed_to_2_kib(server):
     server.script = [(500, "x" * 10000, 0)]
-    rc, result = run_module(**fast(url=server.url, retries=1))
+    rc, result = run_module("health_check", **fast(url=server.url, retries=1))
     assert rc == 1
     assert result["body"] == "x" * 2048
     assert "failed after 1 attempt in" in result["msg"]
@@ -154,7 +98,7 @@ def test_closed_port_reports_connection_refused():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/health"
-    rc, result = run_module(**fast(url=url, retries=3))
+    rc, result = run_module("health_check", **fast(url=url, retries=3))
     assert rc == 1
     assert result["status_code"] == -1
     assert result["attempts"] == 3
@@ -167,14 +111,14 @@ def test_closed_port_reports_connection_refused():
 
 def test_slow_answer_times_out_then_recovers(server):
     server.script = [(200, {"status": "ok"}, 1.5), (200, {"status": "ok"}, 0)]
-    rc, result = run_module(**fast(url=server.url, timeout=0.3))
+    rc, result = run_module("health_check", **fast(url=server.url, timeout=0.3))
     assert rc == 0, result
     assert result["attempts"] == 2
 
 
 def test_slow_answers_report_timeout(server):
     server.script = [(200, {"status": "ok"}, 1.5)]
-    rc, result = run_module(**fast(url=server.url, retries=2, timeout=0.3))
+    rc, result = run_module("health_check", **fast(url=server.url, retries=2, timeout=0.3))
     assert rc == 1
     assert result["msg"].endswith("last attempt no answer within 0.3s")
 
@@ -191,13 +135,13 @@ def test_overall_timeout_is_a_hard_deadline(server):
 
 
 def test_headers_are_sent(server):
-    rc, result = run_module(**fast(url=server.url, headers={"X-Health-Token": "t0ken"}))
+    rc, result = run_module("health_check", **fast(url=server.url, headers={"X-Health-Token": "t0ken"}))
     assert rc == 0, result
     assert server.requests[0]["X-Health-Token"] == "t0ken"
 
 
 def test_invalid_url_fails_at_once():
-    rc, result = run_module(**fast(url="not-a-url"))
+    rc, result = run_module("health_check", **fast(url="not-a-url"))
     assert rc == 1
     assert result["msg"].startswith("health check of not-a-url: invalid URL")
 

@@ -1,0 +1,9 @@
+import pytest
+from module_runner import ScriptedServer
+
+
+@pytest.fixture
+def server():
+    srv = ScriptedServer()
+    yield srv
+    srv.close()

@@ -1,0 +1,73 @@
+"""The instance lock module, run for real on lock files in a temporary directory."""
+
+import json
+import os
+import time
+
+from module_runner import run_module
+
+
+def lock(path, **args):
+    return run_module("instance_lock", path=str(path), **args)
+
+
+def warnings(result):
+    """Warning texts (ansible-core 2.19 returns them as structured events)."""
+    return [w["event"]["msg"] if isinstance(w, dict) else w for w in result.get("warnings", [])]
+
+
+def test_acquire_writes_holder_and_hides_the_token(tmp_path):
+    path = tmp_path / "sub" / "lock.json"
+    rc, result = lock(path, holder="alice@ops1 upgrade", token="t1", pid=4242)
+    assert rc == 0 and result["changed"] is True
+    assert "token" not in result["lock"]
+    stored = json.loads(path.read_text())
+    assert (stored["holder"], stored["token"], stored["pid"]) == ("alice@ops1 upgrade", "t1", 4242)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_same_run_may_take_it_again(tmp_path):
+    path = tmp_path / "lock.json"
+    lock(path, token="t1")
+    rc, result = lock(path, token="t1")
+    assert rc == 0 and result["changed"] is False
+
+
+def test_second_run_fails_naming_the_holder(tmp_path):
+    path = tmp_path / "lock.json"
+    lock(path, holder="ci-job-42", token="t1", pid=7)
+    rc, result = lock(path, holder="bob", token="t2")
+    assert rc == 1
+    assert result["msg"].startswith("instance is locked by ci-job-42 (pid 7, since ")
+    assert "playbooks/unlock.yml" in result["msg"]
+    assert json.loads(path.read_text())["token"] == "t1"
+
+
+def test_stale_lock_is_taken_over_with_a_warning(tmp_path):
+    path = tmp_path / "lock.json"
+    path.write_text(json.dumps({"holder": "dead run", "token": "old", "started_at": time.time() - 7200}))
+    rc, result = lock(path, holder="bob", token="t2", stale_after=3600)
+    assert rc == 0 and result["changed"] is True
+    assert any("took over a stale lock held by dead run" in w for w in warnings(result))
+    assert json.loads(path.read_text())["holder"] == "bob"
+
+
+def test_only_the_holder_releases_unless_forced(tmp_path):
+    path = tmp_path / "lock.json"
+    lock(path, holder="alice", token="t1")
+    rc, result = lock(path, state="released", token="other")
+    assert rc == 0 and result["changed"] is False and path.exists()
+    assert any("not by this run" in w for w in warnings(result))
+    rc, result = lock(path, state="released", token="t1")
+    assert rc == 0 and result["changed"] is True and not path.exists()
+
+    lock(path, holder="alice", token="t1")
+    rc, result = lock(path, state="released", token="manual", force=True)
+    assert rc == 0 and result["changed"] is True and not path.exists()
+
+
+def test_check_mode_writes_nothing(tmp_path):
+    path = tmp_path / "lock.json"
+    rc, result = lock(path, token="t1", _ansible_check_mode=True)
+    assert rc == 0 and result["changed"] is True
+    assert not os.path.exists(path)
