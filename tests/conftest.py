@@ -1,11 +1,10 @@
 """Shared fixtures: one real test fleet per test module, torn down even when tests fail.
 
 Set FLEETDECK_TEST_FLEET to give concurrent test runs on one machine distinct fleets
-(name and subnet); the default is "ci".
+(name and subnet); the default is "ci", plus the pytest-xdist worker number.
 """
 
 import os
-import zlib
 
 import pytest
 
@@ -18,9 +17,9 @@ def fleet(request):
     """A fleet of `FLEET_SIZE` (module global, default 3) systemd hosts reachable over SSH."""
     if os.geteuid() != 0:
         pytest.fail("fleet tests need root: they create namespaces, a bridge and mounts")
-    name = os.environ.get("FLEETDECK_TEST_FLEET", "ci")
-    subnet = zlib.crc32(f"{name}:{request.module.__name__}".encode()) % 250 + 1
-    test_fleet = Fleet(name, subnet=subnet)
+    # pytest-xdist workers (gw0, gw1, ...) each get their own fleet name.
+    name = os.environ.get("FLEETDECK_TEST_FLEET", "ci") + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+    test_fleet = Fleet(name)
     try:
         test_fleet.up(getattr(request.module, "FLEET_SIZE", 3))
         yield test_fleet

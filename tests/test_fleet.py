@@ -51,8 +51,8 @@ def test_smoke_playbook_reports_every_host(fleet):
 
 def test_cli_up_status_down_leaves_nothing_behind():
     cli = [str(BIN / "python"), "-m", "tests.fleet"]
-    name, subnet = "clit", 249
-    up = subprocess.run([*cli, "up", "2", "--name", name, "--subnet", str(subnet)], cwd=REPO,
+    name = "clit"
+    up = subprocess.run([*cli, "up", "2", "--name", name], cwd=REPO,
                         capture_output=True, text=True, timeout=60)
     assert up.returncode == 0, up.stderr
     status = subprocess.run([*cli, "status", "--name", name], cwd=REPO, capture_output=True, text=True)
@@ -63,11 +63,11 @@ def test_cli_up_status_down_leaves_nothing_behind():
 
 
 def test_down_cleans_up_after_a_crashed_run():
-    crashed = Fleet("crash", subnet=248)
+    crashed = Fleet("crash")
     crashed.up(1)
     crashed.hosts, crashed._launchers = [], {}  # forget everything, as a dead process would
     (crashed.dir / "fleet.json").unlink()
-    Fleet("crash", subnet=248).down()
+    Fleet("crash").down()
     assert_nothing_left(crashed)
 
 

@@ -73,8 +73,8 @@ def test_rolling_upgrade_stops_at_an_unreachable_host(deployment):
     assert result.recap["inst3"]["unreachable"] == 1
     assert "not upgrading: inst3 failed or became unreachable in an earlier batch" in result.output
     summary = result.output.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
-    for line in ("inst1                changed      1.0.0        1.1.0", "inst3                unreachable",
-                 "inst4                failed       1.0.0        1.0.0"):
+    for line in ("inst1                changed      1.0.0        1.1.0", "inst2                changed      1.0.0",
+                 "inst3                unreachable", "inst4                failed       1.0.0        1.0.0"):
         assert line in summary, summary
     assert versions(deployment) == {"inst1": "1.1.0", "inst2": "1.1.0", "inst3": "1.0.0", "inst4": "1.0.0",
                                     "inst5": "1.0.0"}

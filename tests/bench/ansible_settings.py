@@ -32,7 +32,7 @@ def run(fleet: Fleet, config: Path, hosts: int) -> float:
 
 
 def main() -> None:
-    fleet = Fleet("bench", subnet=247)
+    fleet = Fleet("bench")
     with tempfile.TemporaryDirectory() as tmp:
         stock = Path(tmp) / "stock.cfg"
         stock.write_text("[defaults]\n")  # every setting at Ansible's default (forks 5, no pipelining)

@@ -94,7 +94,8 @@ class Fleet:
             raise FleetError(f"fleet name {name!r}: 1-5 lowercase letters/digits, starting with a letter")
         self.name = name
         self.dir = Path(state_dir or f"/tmp/fleetdeck-fleet-{name}").resolve()
-        # Distinct fleets get distinct /24s unless told otherwise: 10.231.<subnet>.0/24.
+        # Distinct fleets get distinct /24s: 10.231.<subnet>.0/24, the first free one from a hash of the name.
+        self._subnet_fixed = subnet is not None
         self.subnet = subnet if subnet is not None else zlib.crc32(name.encode()) % 250 + 1
         self.bridge = f"fdbr-{name}"
         self.hosts: list[Host] = []
@@ -158,6 +159,7 @@ class Fleet:
         if os.geteuid() != 0:
             raise FleetError("the test fleet needs root (namespaces, bridge, mounts)")
         self.down()  # anything left by an earlier, crashed run
+        self._claim_subnet()
         become_subreaper()
         self.dir.mkdir(parents=True)
         private, public = _keypair()
@@ -224,6 +226,13 @@ class Fleet:
         return rows
 
     # -- pieces ----------------------------------------------------------------------------------
+
+    def _claim_subnet(self) -> None:
+        taken = {int(m) for m in re.findall(r"inet 10\.231\.(\d+)\.", _run("ip", "-o", "-4", "addr").stdout)}
+        if self._subnet_fixed and self.subnet in taken:
+            raise FleetError(f"10.231.{self.subnet}.0/24 is used by another fleet; pick another --subnet")
+        while self.subnet in taken:
+            self.subnet = self.subnet % 250 + 1
 
     def _unwanted_units(self) -> list[str]:
         wants = Path("/etc/systemd/system").glob("*.wants/*")

@@ -95,6 +95,7 @@ class CallbackModule(CallbackBase):
         self._play = None
         self._action = None
         self._hosts = {}  # host name -> {"host", "play", "actions"}
+        self._targeted = set()
 
     def v2_playbook_on_start(self, playbook):
         self._start_playbook(os.path.basename(playbook._file_name))
@@ -105,7 +106,11 @@ class CallbackModule(CallbackBase):
         raw = play.get_vars().get(ACTION_VAR)
         if raw:
             variables = play.get_variable_manager().get_vars(play=play, include_hostvars=False)
-            raw = Templar(loader=play.get_loader(), variables=variables).template(raw)
+            templar = Templar(loader=play.get_loader(), variables=variables)
+            raw = templar.template(raw)
+            # The play's whole host list, so that the summary also names instances never reached.
+            inventory = play.get_variable_manager()._inventory
+            self._targeted.update(h.name for h in inventory.get_hosts(templar.template(play.hosts)))
         self._action = str(raw) if raw else None
 
     def _seen(self, host):
@@ -177,11 +182,8 @@ class CallbackModule(CallbackBase):
 
     def _show_summary(self, records):
         """Which instance is on which version now: the answer an operator needs after a stopped rollout."""
-        play = records and self._hosts[records[0]["instance"]]["play"]
-        # The play's whole host list, so instances of batches that never started are listed too.
-        targeted = {h.name for h in play.get_variable_manager()._inventory.get_hosts(play.hosts)}
         rows = [(r["instance"], r["result"], r["version_from"] or "-", r["version_to"] or "-") for r in records]
-        rows += [(name, "not started", "-", "unchanged") for name in sorted(targeted - set(self._hosts))]
+        rows += [(name, "not started", "-", "unchanged") for name in sorted(self._targeted - set(self._hosts))]
         self._display.banner(f"FLEETDECK SUMMARY ({self._playbook})")
         self._display.display(f"{'INSTANCE':<20} {'RESULT':<12} {'FROM':<12} NOW")
         for row in rows:
