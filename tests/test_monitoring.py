@@ -1,0 +1,373 @@
+"""Fleet observability on real hosts: 1 central server + 3 instances (inst1, inst2 tier 2; inst3 tier 1).
+
+The central server runs VictoriaMetrics behind nginx (TLS, bearer tokens), vmalert, Alertmanager and
+vmagent probing every instance; each instance runs node exporter, a blackbox probe exporter and a
+local Prometheus that remote_writes (tier 2 only).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import secrets
+import shutil
+import ssl
+import struct
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deployment import Deployment
+from tests.playbook import REPO, ansible_playbook
+
+FLEET_SIZE = 4
+CENTRAL_ROLE = REPO / "roles" / "central"
+DASHBOARDS = sorted((CENTRAL_ROLE / "files" / "dashboards").glob("*.json"))
+TIER2 = ("inst1", "inst2")
+TIER1 = ("inst3",)
+# What the test hosts need beyond the role defaults: short intervals so alerts fire within seconds.
+TEST_VARS = {
+    "monitoring_scrape_interval": "3s",
+    "central_scrape_interval": "3s",
+    "central_vmalert_evaluation_interval": "3s",
+    "central_alert_for": {"FleetdeckInstanceDown": "6s"},
+    "central_alertmanager_group_wait": "1s",
+    "central_alertmanager_group_interval": "3s",
+    "central_alert_webhook_url": "http://127.0.0.1:9/fleetdeck-alerts",
+    "central_alert_email_to": "ops@example.test",
+    "central_vm_retention": "30d",
+    # The test hosts cannot create user namespaces (Debian's prometheus.service has PrivateUsers=yes).
+    "monitoring_prometheus_private_users": False,
+}
+# What the backup role writes to the textfile collector (simulated here: that role is separate).
+BACKUP_PROM = """\
+# HELP refapp_backup_last_success_timestamp_seconds End of the last successful backup.
+# TYPE refapp_backup_last_success_timestamp_seconds gauge
+refapp_backup_last_success_timestamp_seconds {now}
+# HELP refapp_backup_size_bytes Size of the last successful backup.
+# TYPE refapp_backup_size_bytes gauge
+refapp_backup_size_bytes 12345
+"""
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if not path:
+        pytest.fail("promtool not found: scripts/setup installs the prometheus package")
+    return path
+
+
+# --- remote_write by hand: a protobuf WriteRequest in a literal-only snappy block ------------------
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def write_request(labels: dict[str, str], value: float) -> bytes:
+    """Snappy-compressed prompb.WriteRequest with one series and one sample at now."""
+    series = b"".join(_field(1, _field(1, k.encode()) + _field(2, v.encode())) for k, v in sorted(labels.items()))
+    sample = b"\x09" + struct.pack("<d", value) + b"\x10" + _varint(int(time.time() * 1000))
+    raw = _field(1, series + _field(2, sample))
+    block = bytearray(_varint(len(raw)))
+    for start in range(0, len(raw), 65536):
+        chunk = raw[start:start + 65536]
+        block += bytes([61 << 2]) + struct.pack("<H", len(chunk) - 1) + chunk
+    return bytes(block)
+
+
+class Monitoring:
+    def __init__(self, fleet, deployment: Deployment):
+        self.fleet = fleet
+        self.deployment = deployment
+        self.central = fleet.hosts[3]
+        self.tokens = {name: secrets.token_urlsafe(32) for name in deployment.instances}
+
+    def playbook(self, name: str, *args: str):
+        return self.deployment.playbook(name, *args)
+
+    def central_sh(self, command: str) -> str:
+        return self.fleet.ssh(self.central, command).stdout
+
+    def vm_query(self, query: str) -> list[dict]:
+        out = self.central_sh(f"curl -sf --get http://127.0.0.1:8428/api/v1/query "
+                              f"--data-urlencode 'query={query}'")
+        return json.loads(out)["data"]["result"]
+
+    def vm_export(self, match: str) -> list[dict]:
+        """Raw stored series (no query lookback or latency offset), after flushing VictoriaMetrics' buffers."""
+        out = self.central_sh(f"curl -sf http://127.0.0.1:8428/internal/force_flush >/dev/null; "
+                              f"curl -sf --get http://127.0.0.1:8428/api/v1/export --data-urlencode 'match[]={match}'")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def alerts(self, name: str) -> list[dict]:
+        out = self.central_sh("curl -sf http://127.0.0.1:9093/api/v2/alerts")
+        return [a for a in json.loads(out) if a["labels"].get("alertname") == name]
+
+    def remote_write(self, body: bytes, authorization: str | None) -> int:
+        request = urllib.request.Request(f"https://{self.central.address}:8443/api/v1/write", data=body,
+                                         method="POST", headers={"Content-Encoding": "snappy",
+                                                                 "Content-Type": "application/x-protobuf",
+                                                                 "X-Prometheus-Remote-Write-Version": "0.1.0"})
+        if authorization is not None:
+            request.add_header("Authorization", authorization)
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310 - https
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    @property
+    def ca_file(self) -> Path:
+        path = self.deployment.inventory.parent / "central-ca.pem"
+        if not path.exists():
+            path.write_text(self.central_sh("cat /etc/fleetdeck/central/tls/central.crt"))
+        return path
+
+
+def wait_for(what: str, check, timeout: float = 60.0, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def mon(fleet, tmp_path_factory):
+    """Instances deployed (deploy.yml) while the central server is set up (central.yml), then monitoring.yml."""
+    instance_fleet = copy.copy(fleet)
+    instance_fleet.hosts = fleet.hosts[:3]
+    deployment = Deployment.create(instance_fleet, tmp_path_factory.mktemp("monitoring"), tier2=(0, 1))
+    monitoring = Monitoring(fleet, deployment)
+    inventory = deployment.inventory
+    central = monitoring.central
+    (inventory / "central.yml").write_text(yaml.safe_dump(
+        {"all": {"children": {"central": {"hosts": {"central1": {"ansible_host": central.address}}}}}}))
+    host_key = next(line for line in fleet.known_hosts.read_text().splitlines()
+                    if line.startswith(f"{central.address} "))
+    with open(inventory / "known_hosts", "a") as known_hosts:
+        known_hosts.write(host_key + "\n")
+    # The remote_write tokens: per instance, as vault_monitoring_remote_write_token (see docs/monitoring.md).
+    for name, token in monitoring.tokens.items():
+        (inventory / "host_vars" / name / "monitoring.yml").write_text(
+            yaml.safe_dump({"vault_monitoring_remote_write_token": token}))
+    (inventory / "group_vars" / "all" / "monitoring_test.yml").write_text(yaml.safe_dump(TEST_VARS))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        deploy = pool.submit(deployment.playbook, "deploy.yml")
+        central_run = pool.submit(monitoring.playbook, "central.yml")
+        deploy_result, central_result = deploy.result(), central_run.result()
+    assert deploy_result.rc == 0, deploy_result.output
+    assert central_result.rc == 0, central_result.output
+    monitoring.first_central = central_result
+    now = int(time.time())
+    deployment.on("inst1", f"printf '{BACKUP_PROM.format(now=now)}' > "
+                           "/var/lib/prometheus/node-exporter/refapp_backup.prom")
+    result = monitoring.playbook("monitoring.yml")
+    assert result.rc == 0, result.output
+    monitoring.setup_seconds = time.monotonic() - started
+    print(f"\nsetup (deploy || central, then monitoring): {monitoring.setup_seconds:.0f}s")
+    return monitoring
+
+
+# --- rules and dashboards, no fleet needed ---------------------------------------------------------
+
+def test_promtool_checks_the_alert_rules():
+    rules = CENTRAL_ROLE / "files" / "rules" / "fleetdeck.rules.yml"
+    proc = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    groups = yaml.safe_load(rules.read_text())["groups"]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"]}
+    assert set(alerts) == {"FleetdeckInstanceDown", "FleetdeckHighErrorRate", "FleetdeckBackupStale",
+                           "FleetdeckDiskSpaceLow", "FleetdeckMemoryHigh", "FleetdeckCertificateExpiring",
+                           "FleetdeckUnexpectedVersion"}
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert len(rule["annotations"]["description"]) > 60 and rule["annotations"]["summary"], name
+
+
+def test_promtool_unit_tests_of_the_alert_rules():
+    tests = CENTRAL_ROLE / "files" / "tests" / "fleetdeck.rules.test.yml"
+    proc = subprocess.run([promtool(), "test", "rules", tests.name], cwd=tests.parent,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tested = {t["alertname"] for case in yaml.safe_load(tests.read_text())["tests"] for t in case["alert_rule_test"]}
+    assert len(tested) == 7
+
+
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+                "bool", "offset", "le", "inf", "nan", "time", "vector"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names used by a PromQL expression (label matchers, groupings and functions removed)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    names = set(re.findall(r"(?<![\w$.])([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*\()", expr))
+    return {n for n in names if n.lower() not in PROMQL_WORDS}
+
+
+def dashboard_exprs(dashboard: dict) -> list[str]:
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if v.get("type") == "query"]
+    return exprs
+
+
+def test_dashboards_are_valid_grafana_json():
+    assert [d.name for d in DASHBOARDS] == ["backups.json", "fleet-overview.json", "instance.json"]
+    uids = set()
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["title"] and dashboard["uid"] not in uids and dashboard["panels"]
+        uids.add(dashboard["uid"])
+        ids = [p["id"] for p in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), path.name
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] == "fleetdeck-vm" and panel["targets"], (path.name, panel["title"])
+            assert set(panel["gridPos"]) == {"x", "y", "w", "h"}
+    instance = json.loads((CENTRAL_ROLE / "files" / "dashboards" / "instance.json").read_text())
+    assert [v["name"] for v in instance["templating"]["list"]] == ["instance"]
+    assert all('instance="$instance"' in t["expr"] for p in instance["panels"] for t in p["targets"])
+
+
+def test_metric_name_extraction():
+    assert metric_names('histogram_quantile(0.95, sum by (instance, le) (rate(a_bucket{x="y"}[5m])))') == {"a_bucket"}
+    assert metric_names('1 - b{instance="$instance"} / c') == {"b", "c"}
+    assert metric_names("label_values(refapp_build_info, instance)") == {"refapp_build_info", "instance"}
+
+
+# --- the running fleet -----------------------------------------------------------------------------
+
+def test_central_stores_tier2_metrics_by_instance_and_nothing_from_tier1(mon):
+    def tier2_everything():
+        found = {r["metric"]["instance"] for r in mon.vm_query("refapp_build_info")}
+        node = {r["metric"]["instance"] for r in mon.vm_query("node_memory_MemTotal_bytes")}
+        return found == set(TIER2) and node == set(TIER2) and found
+    wait_for("tier-2 metrics in VictoriaMetrics", tier2_everything, timeout=60)
+    for name in TIER2:
+        series = mon.vm_query(f'refapp_http_requests_total{{instance="{name}"}}')
+        assert series and all(s["metric"]["job"] == "refapp" for s in series), series
+    # Only the central server's probe knows about the tier-1 instance.
+    assert mon.vm_query(f'{{instance="{TIER1[0]}", job!="fleet_probe"}}') == []
+    assert mon.vm_query(f'count({{instance="{TIER1[0]}"}}) by (job)')[0]["metric"] == {"job": "fleet_probe"}
+    # The backup role's textfile metrics travel too.
+    wait_for("backup metrics", lambda: mon.vm_query('refapp_backup_size_bytes{instance="inst1"}'), timeout=30)
+
+
+def test_every_instance_is_probed_from_the_central_server(mon):
+    def probes():
+        results = {r["metric"]["instance"]: r["value"][1] for r in mon.vm_query('probe_success{job="fleet_probe"}')}
+        return results if results == dict.fromkeys(("inst1", "inst2", "inst3"), "1") else None
+    wait_for("probe_success=1 for every instance", probes, timeout=30)
+
+
+def test_remote_write_needs_a_valid_token(mon):
+    stamp = secrets.token_hex(4)
+    valid = mon.tokens["inst2"]
+    for case, authorization in (("missing", None), ("wrong", f"Bearer {secrets.token_urlsafe(32)}"),
+                                ("prefix", f"Bearer {valid[:-1]}"), ("longer", f"Bearer {valid}x"),
+                                ("basic", f"Basic {valid}")):
+        body = write_request({"__name__": f"fleetdeck_test_{case}_{stamp}", "instance": "inst1"}, 1)
+        assert mon.remote_write(body, authorization) == 401, case
+    # A valid token is accepted, and its series get its own instance label whatever they claim.
+    body = write_request({"__name__": f"fleetdeck_test_valid_{stamp}", "instance": "inst1"}, 7)
+    assert mon.remote_write(body, f"Bearer {valid}") == 204
+    found = wait_for("the accepted sample", lambda: mon.vm_export(f'{{__name__=~"fleetdeck_test_.*_{stamp}"}}'),
+                     timeout=30)
+    assert [(r["metric"]["__name__"], r["metric"]["instance"], r["values"]) for r in found] == \
+        [(f"fleetdeck_test_valid_{stamp}", "inst2", [7])]
+    # Plain HTTP is not served.
+    with pytest.raises(urllib.error.HTTPError) as plain:
+        urllib.request.urlopen(f"http://{mon.central.address}:8443/api/v1/write", timeout=5)
+    assert plain.value.code == 400
+
+
+def test_stopping_the_app_fires_instance_down_and_it_resolves(mon):
+    deployment = mon.deployment
+    deployment.on("inst3", "systemctl stop refapp")
+    try:
+        started = time.monotonic()
+        firing = wait_for("FleetdeckInstanceDown for inst3", lambda: [
+            a for a in mon.alerts("FleetdeckInstanceDown")
+            if a["labels"]["instance"] == "inst3" and a["status"]["state"] == "active"], timeout=90)
+        print(f"\nalert active in Alertmanager after {time.monotonic() - started:.0f}s")
+        assert firing[0]["labels"]["severity"] == "critical"
+        assert "inst3" in firing[0]["annotations"]["description"]
+        assert {r["name"] for r in firing[0]["receivers"]} == {"webhook", "email"}
+        assert [a["labels"]["instance"] for a in mon.alerts("FleetdeckInstanceDown")] == ["inst3"]
+    finally:
+        deployment.on("inst3", "systemctl start refapp")
+    started = time.monotonic()
+    wait_for("the alert to resolve", lambda: not [
+        a for a in mon.alerts("FleetdeckInstanceDown") if a["labels"]["instance"] == "inst3"], timeout=90)
+    print(f"resolved after {time.monotonic() - started:.0f}s")
+
+
+def test_dashboards_reference_only_metrics_the_fleet_exports(mon):
+    exported = set(json.loads(mon.central_sh(
+        "curl -sf http://127.0.0.1:8428/api/v1/label/__name__/values"))["data"])
+    used = set()
+    for path in DASHBOARDS:
+        for expr in dashboard_exprs(json.loads(path.read_text())):
+            used |= metric_names(expr) - {"instance"}
+    assert used, "no metric found in the dashboards"
+    assert used <= exported, f"not exported by the fleet: {sorted(used - exported)}"
+    # What the central server serves Grafana: the same dashboards and a data source on VictoriaMetrics.
+    for path in DASHBOARDS:
+        remote = mon.central_sh(f"cat /var/lib/grafana/dashboards/fleetdeck/{path.name}")
+        assert json.loads(remote) == json.loads(path.read_text())
+    datasources = yaml.safe_load(mon.central_sh("cat /etc/grafana/provisioning/datasources/fleetdeck.yml"))
+    assert datasources["datasources"][0]["url"] == "http://127.0.0.1:8428"
+    assert datasources["datasources"][0]["uid"] == "fleetdeck-vm"
+    providers = yaml.safe_load(mon.central_sh("cat /etc/grafana/provisioning/dashboards/fleetdeck.yml"))
+    assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/fleetdeck"
+
+
+def test_second_runs_change_nothing(mon):
+    with ThreadPoolExecutor(2) as pool:
+        central_run = pool.submit(mon.playbook, "central.yml")
+        monitoring_run = pool.submit(mon.playbook, "monitoring.yml")
+        central, monitoring = central_run.result(), monitoring_run.result()
+    assert central.rc == 0 and monitoring.rc == 0, central.output + monitoring.output
+    assert central.changed() == {"central1": 0}, central.output
+    assert monitoring.changed() == dict.fromkeys(("inst1", "inst2", "inst3"), 0), monitoring.output
+
+
+def test_promoting_an_instance_to_tier2_is_one_line_and_this_playbook(mon):
+    host_vars = mon.deployment.inventory / "host_vars" / "inst3" / "main.yml"
+    host_vars.write_text(host_vars.read_text().replace("fleetdeck_tier: 1", "fleetdeck_tier: 2"))
+    result = mon.playbook("monitoring.yml", "--limit", "inst3")
+    assert result.rc == 0, result.output
+    wait_for("inst3's metrics in VictoriaMetrics",
+             lambda: mon.vm_query('refapp_build_info{instance="inst3"}'), timeout=45)
+
+
+def test_the_playbooks_are_plain_ansible(repo):
+    env = {"FLEETDECK_VAULT_PASSWORD_FILE": str(repo / "inventory/example/EXAMPLE-VAULT-PASSWORD")}
+    for name in ("monitoring.yml", "central.yml"):
+        result = ansible_playbook(name, repo / "inventory" / "example", "--syntax-check", env=env)
+        assert result.rc == 0, result.output
