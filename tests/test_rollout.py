@@ -84,7 +84,7 @@ def test_rolling_upgrade_stops_at_an_unreachable_host(deployment):
 
 
 def test_canary_upgrade_takes_the_whole_fleet_with_its_data(deployment):
-    result = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.1.0", *FAST)
+    result = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.1.0", "-e", "upgrade_batches=50%", *FAST)
     assert result.rc == 0, result.output
     for instance in deployment.instances:
         health = deployment.health(instance)
@@ -95,7 +95,7 @@ def test_canary_upgrade_takes_the_whole_fleet_with_its_data(deployment):
     pinned = (deployment.inventory / "host_vars/inst4/main.yml").read_text()
     assert 'app_version: "1.1.0"' in pinned
 
-    again = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.1.0", *FAST)
+    again = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.1.0", "-e", "upgrade_batches=100%", *FAST)
     assert again.rc == 0, again.output
     assert again.changed() == dict.fromkeys(deployment.instances, 0)
 
