@@ -41,6 +41,14 @@ class Deployment:
             deployment.instances[name] = host.address
         return deployment
 
+    @classmethod
+    def deployed(cls, fleet: Fleet, workdir: Path, *deploy_args: str, **options) -> Deployment:
+        """create(), then deploy.yml on every instance (extra deploy.yml arguments, e.g. --skip-tags common)."""
+        deployment = cls.create(fleet, workdir, **options)
+        result = deployment.playbook("deploy.yml", *deploy_args)
+        assert result.rc == 0, result.output
+        return deployment
+
     def script(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([str(REPO / "scripts" / name), *args], cwd=REPO, env={**os.environ, **self.env},
                               capture_output=True, text=True)

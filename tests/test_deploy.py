@@ -12,10 +12,7 @@ FLEET_SIZE = 3
 
 @pytest.fixture(scope="module")
 def deployment(fleet, tmp_path_factory):
-    deployment = Deployment.create(fleet, tmp_path_factory.mktemp("deploy"))
-    result = deployment.playbook("deploy.yml")
-    assert result.rc == 0, result.output
-    return deployment
+    return Deployment.deployed(fleet, tmp_path_factory.mktemp("deploy"))
 
 
 def test_deploy_brings_every_instance_up_healthy(deployment):
