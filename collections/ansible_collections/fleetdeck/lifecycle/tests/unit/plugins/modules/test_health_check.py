@@ -126,7 +126,7 @@ def test_slow_answers_report_timeout(server):
 def test_overall_timeout_is_a_hard_deadline(server):
     server.script = [(200, {"status": "ok"}, 0.4)]
     started = time.monotonic()
-    rc, result = run_module(url=server.url, expected_status="never", retries=1000, delay=0.1, timeout=5,
+    rc, result = run_module("health_check", url=server.url, expected_status="never", retries=1000, delay=0.1, timeout=5,
                             overall_timeout=1.0)
     assert rc == 1
     assert 2 <= result["attempts"] < 10
