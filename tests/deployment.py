@@ -88,10 +88,5 @@ class Deployment:
 
     def vault_values(self) -> list[str]:
         """Every secret value in the environment's vault files (decrypted with ansible-vault)."""
-        values = []
-        for vault_file in sorted(self.inventory.glob("host_vars/*/vault.yml")):
-            proc = subprocess.run([str(BIN / "ansible-vault"), "view", str(vault_file)], cwd=REPO,
-                                  env={**os.environ, **self.env}, capture_output=True, text=True, check=True)
-            values += [line.split(":", 1)[1].strip().strip("'\"") for line in proc.stdout.splitlines()
-                       if line.startswith("vault_app_")]
-        return values
+        return [str(value) for vault_file in sorted(self.inventory.glob("host_vars/*/vault.yml"))
+                for name, value in self.secrets(vault_file.parent.name).items() if name.startswith("vault_app_")]
