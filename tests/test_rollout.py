@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -51,6 +52,13 @@ def alerts():
     server.shutdown()
 
 
+def wait_for_ssh(deployment, instance, timeout=30):
+    deadline = time.monotonic() + timeout
+    while deployment.fleet.ssh(deployment.instances[instance], "true", check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"{instance} not reachable again within {timeout}s"
+        time.sleep(0.5)
+
+
 def versions(deployment):
     return {i: deployment.health(i)["version"] for i in deployment.instances}
 
@@ -68,6 +76,9 @@ def test_rolling_upgrade_stops_at_an_unreachable_host(deployment):
                                      '{"upgrade_batches": [1, 2, 2]}', *FAST)
     finally:
         subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+        # The bridge remembers the address as unreachable for a while: forget it, then wait for SSH.
+        subprocess.run(["ip", "neigh", "flush", "to", deployment.instances["inst3"]], check=True)
+        wait_for_ssh(deployment, "inst3")
     assert result.rc != 0
     assert result.recap["inst3"]["unreachable"] == 1
     assert "not upgrading: inst3 failed or became unreachable in an earlier batch" in result.output
