@@ -30,6 +30,13 @@ def test_second_deploy_changes_nothing(deployment):
     assert result.changed() == dict.fromkeys(deployment.instances, 0)
 
 
+def test_install_dependencies_on_a_deployed_fleet_changes_nothing(deployment):
+    result = deployment.playbook("dependencies.yml")
+    assert result.rc == 0, result.output
+    assert result.changed() == dict.fromkeys(deployment.instances, 0)
+    assert "Install the app's system packages" in result.output
+
+
 def test_check_mode_changes_nothing(deployment):
     pids = {i: deployment.main_pid(i) for i in deployment.instances}
     before = {i: deployment.on(i, "md5sum /opt/refapp/shared/config/*.env") for i in deployment.instances}
@@ -96,6 +103,18 @@ def test_artifact_with_wrong_checksum_is_refused(deployment, tmp_path):
     assert "refusing to install it" in result.output
     assert deployment.health("inst2")["version"] == "1.0.0"
     assert deployment.on("inst2", "ls /opt/refapp/releases").split() == ["1.0.0"]
+
+
+def test_failing_migration_stops_with_its_output_and_secrets_masked(deployment):
+    before = deployment.main_pid("inst3")
+    # A "migration" that fails and prints the database password, as a connection error might.
+    migrate = "../../../../bin/sh -c 'printenv REFAPP_DB_PASSWORD; exit 3'"
+    result = deployment.playbook("deploy.yml", "--tags", "app", "--limit", "inst3", "-e",
+                                 f"app_migrate_command={migrate!r}")
+    assert result.rc != 0
+    assert "inst3: migrations of 1.0.0 failed (rc 3): ********" in result.output
+    assert deployment.secrets("inst3")["vault_app_db_password"] not in result.output
+    assert deployment.main_pid("inst3") == before and deployment.health("inst3")["status"] == "ok"
 
 
 def test_unreachable_instance_is_named_and_others_are_untouched(deployment, tmp_path):

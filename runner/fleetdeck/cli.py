@@ -1,14 +1,15 @@
-"""Command line of scripts/add-instance, bootstrap-vault, rekey-vault and secret-age."""
+"""Command line of scripts/add-instance, bootstrap-vault, rekey-vault, secret-age and vault-update."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fleetdeck import age, inventory, rekey, scaffold, vault
-from fleetdeck.errors import FleetdeckError
+from fleetdeck import age, inventory, rekey, scaffold, vault, vault_update
+from fleetdeck.errors import FleetdeckError, Refused
 
 DEFAULT_ENV = scaffold.REPO / "inventory" / "production"
 
@@ -57,6 +58,21 @@ def secret_age(args: argparse.Namespace) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
+def update_vault(args: argparse.Namespace) -> None:
+    if args.action == "generate":
+        print(vault_update.generate(args.inventory, args.secret))
+        return
+    try:
+        request = json.loads(sys.stdin.read())
+        old, new = str(request["old"]), str(request["new"])
+        rotated_at = request.get("rotated_at") or None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise Refused('stdin must be a JSON object {"old": ..., "new": ..., "rotated_at": null}') from None
+    vault_update.set_secret(args.inventory, args.host, args.secret, old, new, vault.read_password(),
+                            rotated_at=str(rotated_at) if rotated_at else None)
+    print(f"wrote vault_{args.secret} of {args.host}")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="fleetdeck")
     commands = top.add_subparsers(dest="command", required=True)
@@ -87,6 +103,14 @@ def parser() -> argparse.ArgumentParser:
 
     cmd = commands.add_parser("secret-age", parents=[env], help="age of every instance's secrets")
     cmd.set_defaults(run=secret_age)
+
+    cmd = commands.add_parser("vault-update", parents=[env],
+                              help="new secret values and compare-and-swap writes into one vault.yml")
+    cmd.add_argument("host", help="instance name (host_vars/HOST/vault.yml)")
+    cmd.add_argument("action", choices=("generate", "set"),
+                     help="generate: print a new value; set: stdin {old, new, rotated_at}, written if old still holds")
+    cmd.add_argument("secret", help="catalog name, e.g. app_api_token")
+    cmd.set_defaults(run=update_vault)
     return top
 
 

@@ -1,6 +1,6 @@
 """Controller side of secret rotation: new values from the catalog, written back into one vault.yml.
 
-`scripts/vault-update` is the command line the secrets_rotation role runs on the controller:
+`scripts/vault-update` (fleetdeck.cli) is the command line the secrets_rotation role runs on the controller:
 
     vault-update -i ENV HOST generate SECRET   # prints a new value made by the catalog's rule (writes nothing)
     vault-update -i ENV HOST set SECRET        # stdin: {"old": ..., "new": ..., "rotated_at": null}
@@ -13,9 +13,6 @@ atomically (temporary file + rename, mode 0600) under the environment lock.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,33 +61,3 @@ def set_secret(env: Path, host: str, name: str, old: str, new: str, password: by
         rotated[secret.name] = stamp
         variables[catalog.ROTATED_AT] = rotated
         vault.encrypt_file(path, variables, password)
-
-
-def main(argv: list[str] | None = None) -> int:
-    top = argparse.ArgumentParser(prog="vault-update", description=__doc__.split("\n\n")[0])
-    top.add_argument("-i", "--inventory", type=Path, required=True, help="environment directory")
-    top.add_argument("host", help="instance name (host_vars/HOST/vault.yml)")
-    top.add_argument("action", choices=("generate", "set"))
-    top.add_argument("secret", help="catalog name, e.g. app_api_token")
-    args = top.parse_args(argv)
-    try:
-        if args.action == "generate":
-            print(generate(args.inventory, args.secret))
-        else:
-            try:
-                request = json.loads(sys.stdin.read())
-                old, new = str(request["old"]), str(request["new"])
-                rotated_at = request.get("rotated_at") or None
-            except (ValueError, KeyError, TypeError, AttributeError):
-                raise Refused('stdin must be a JSON object {"old": ..., "new": ..., "rotated_at": null}') from None
-            set_secret(args.inventory, args.host, args.secret, old, new, vault.read_password(),
-                       rotated_at=str(rotated_at) if rotated_at else None)
-            print(f"wrote vault_{args.secret} of {args.host}")
-    except FleetdeckError as exc:
-        print(f"vault-update: {exc}", file=sys.stderr)
-        return exc.exit_status
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

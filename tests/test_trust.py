@@ -1,0 +1,103 @@
+"""rotate-trust.yml: the controller's SSH key replaced on every host, over real SSH."""
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.playbook import ansible_playbook
+
+pytestmark = pytest.mark.fleet
+FLEET_SIZE = 2
+
+
+@pytest.fixture(scope="module")
+def env(fleet, tmp_path_factory):
+    """An inventory of the fleet that logs in with its own copy of the fleet's key."""
+    workdir = tmp_path_factory.mktemp("trust")
+    key = workdir / "id_ed25519"
+    shutil.copy(fleet.key_file, key)
+    key.chmod(0o600)
+    inventory = yaml.safe_load(fleet.inventory.read_text())
+    inventory["all"]["children"]["testfleet"]["vars"]["ansible_ssh_private_key_file"] = str(key)
+    (workdir / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    return {"fleet": fleet, "key": key, "inventory": workdir / "hosts.yml", "workdir": workdir}
+
+
+def rotate(env, *args):
+    return ansible_playbook("rotate-trust.yml", env["inventory"], *args, env=env["fleet"].ansible_env())
+
+
+def logs_in(env, host, key) -> subprocess.CompletedProcess:
+    """A fresh SSH login with exactly this key (no agent, no shared connection)."""
+    return subprocess.run(
+        ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
+         "-o", "ControlPath=none", "-o", f"UserKnownHostsFile={env['fleet'].known_hosts}",
+         "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5", f"root@{host.address}", "true"],
+        capture_output=True, text=True)
+
+
+def authorized_keys(env, key):
+    return {h.name: subprocess.run(
+        ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ControlPath=none",
+         "-o", f"UserKnownHostsFile={env['fleet'].known_hosts}", f"root@{h.address}", "cat .ssh/authorized_keys"],
+        capture_output=True, text=True, check=True).stdout for h in env["fleet"].hosts}
+
+
+def test_a_partial_target_is_refused(env):
+    before = env["key"].read_bytes()
+    result = rotate(env, "--limit", env["fleet"].hosts[0].name)
+    assert result.rc != 0
+    assert "run on all of them, without --limit" in result.output
+    assert env["key"].read_bytes() == before and not env["key"].with_name("id_ed25519.next").exists()
+
+
+def test_check_mode_changes_nothing(env):
+    before_key, before_keys = env["key"].read_bytes(), authorized_keys(env, env["key"])
+    result = rotate(env, "--check", "--diff")
+    assert result.rc == 0, result.output
+    assert env["key"].read_bytes() == before_key and not env["key"].with_name("id_ed25519.next").exists()
+    assert authorized_keys(env, env["key"]) == before_keys
+
+
+def test_an_unreachable_host_stops_the_rotation_before_any_revocation(env):
+    fleet, old = env["fleet"], env["key"]
+    veth = f"fdv-{fleet.name}-2"
+    subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+    try:
+        result = rotate(env)
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+        subprocess.run(["ip", "neigh", "flush", "to", fleet.hosts[1].address], check=True)
+    assert result.rc != 0
+    assert f"not revoking the old key: {fleet.hosts[1].name} did not take the next key" in result.output
+    # The old key still logs in everywhere and is still the inventory's; the next one waits for a re-run.
+    assert all(logs_in(env, h, old).returncode == 0 for h in fleet.hosts)
+    assert old.with_name("id_ed25519.next").exists()
+
+
+def test_rotation_replaces_the_key_everywhere(env):
+    fleet, key = env["fleet"], env["key"]
+    retired = env["workdir"] / "retired_key"
+    shutil.copy(key, retired)
+    next_public = key.with_name("id_ed25519.next.pub").read_text().split()[1]
+
+    result = rotate(env)  # finishes the rotation the unreachable host stopped
+    assert result.rc == 0, result.output
+    assert not key.with_name("id_ed25519.next").exists()
+    assert key.read_bytes() != retired.read_bytes()
+    assert key.with_name("id_ed25519.pub").read_text().split()[1] == next_public
+    for host in fleet.hosts:
+        assert logs_in(env, host, key).returncode == 0
+        refused = logs_in(env, host, retired)
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    old_public = subprocess.run(["ssh-keygen", "-y", "-f", str(retired)], capture_output=True, text=True,
+                                check=True).stdout.split()[1]
+    for keys in authorized_keys(env, key).values():
+        assert keys.count(next_public) == 1 and old_public not in keys
+
+    again = rotate(env)  # a second rotation starts from the new key
+    assert again.rc == 0, again.output
+    assert all(logs_in(env, h, key).returncode == 0 for h in fleet.hosts)
+    assert key.with_name("id_ed25519.pub").read_text().split()[1] != next_public
