@@ -1,4 +1,4 @@
-"""Rolling and canary upgrades, automatic rollback, rollback, the instance lock and the audit log on 5 hosts."""
+"""Rolling and canary upgrades, automatic rollback, rollback, the instance lock and the audit log on 4 hosts."""
 
 import hashlib
 import hmac
@@ -7,7 +7,6 @@ import os
 import secrets
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from tests.deployment import Deployment
 from tests.playbook import BIN, REPO
 
-FLEET_SIZE = 5
+FLEET_SIZE = 4
 FAST = ("-e", "rollout_soak_seconds=3", "-e", "rollout_soak_interval=1", "-e", "app_health_retries=8")
 ALERT_SECRET = secrets.token_hex(16)
 
@@ -52,13 +51,6 @@ def alerts():
     server.shutdown()
 
 
-def wait_for_ssh(deployment, instance, timeout=30):
-    deadline = time.monotonic() + timeout
-    while deployment.fleet.ssh(deployment.instances[instance], "true", check=False).returncode != 0:
-        assert time.monotonic() < deadline, f"{instance} not reachable again within {timeout}s"
-        time.sleep(0.5)
-
-
 def versions(deployment):
     return {i: deployment.health(i)["version"] for i in deployment.instances}
 
@@ -68,17 +60,10 @@ def pids(deployment):
 
 
 def test_rolling_upgrade_stops_at_an_unreachable_host(deployment):
-    veth = f"fdv-{deployment.fleet.name}-3"  # inst3, in the second batch
     before = pids(deployment)
-    subprocess.run(["ip", "link", "set", veth, "down"], check=True)
-    try:
+    with deployment.fleet.unreachable(deployment.fleet.hosts[2]):  # inst3, in the second batch
         result = deployment.playbook("upgrade.yml", "-e", "app_version=1.1.0", "-e",
-                                     '{"upgrade_batches": [1, 2, 2]}', *FAST)
-    finally:
-        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
-        # The bridge remembers the address as unreachable for a while: forget it, then wait for SSH.
-        subprocess.run(["ip", "neigh", "flush", "to", deployment.instances["inst3"]], check=True)
-        wait_for_ssh(deployment, "inst3")
+                                     '{"upgrade_batches": [1, 2, 1]}', *FAST)
     assert result.rc != 0
     assert result.recap["inst3"]["unreachable"] == 1
     assert "not upgrading: inst3 failed or became unreachable in an earlier batch" in result.output
@@ -86,10 +71,9 @@ def test_rolling_upgrade_stops_at_an_unreachable_host(deployment):
     for line in ("inst1                changed      1.0.0        1.1.0", "inst2                changed      1.0.0",
                  "inst3                unreachable", "inst4                failed       1.0.0        1.0.0"):
         assert line in summary, summary
-    assert versions(deployment) == {"inst1": "1.1.0", "inst2": "1.1.0", "inst3": "1.0.0", "inst4": "1.0.0",
-                                    "inst5": "1.0.0"}
+    assert versions(deployment) == {"inst1": "1.1.0", "inst2": "1.1.0", "inst3": "1.0.0", "inst4": "1.0.0"}
     after = pids(deployment)
-    assert {i: after[i] for i in ("inst3", "inst4", "inst5")} == {i: before[i] for i in ("inst3", "inst4", "inst5")}
+    assert {i: after[i] for i in ("inst3", "inst4")} == {i: before[i] for i in ("inst3", "inst4")}
     assert all(deployment.health(i)["status"] == "ok" for i in deployment.instances)
 
 
@@ -157,9 +141,12 @@ def test_a_locked_instance_refuses_a_second_operation(deployment):
         cwd=REPO, env={**os.environ, **deployment.env}, capture_output=True, text=True)
     assert holder.returncode == 0, holder.stdout + holder.stderr
     before = deployment.main_pid("inst4")
-    result = deployment.playbook("upgrade.yml", "--limit", "inst4", "-e", "app_version=1.0.0", *FAST)
-    assert result.rc != 0
-    assert "instance is locked by ci-job-42 (pid 4242" in result.output
+    for playbook, *args in (("upgrade.yml", "-e", "app_version=1.0.0", *FAST), ("deploy.yml",), ("configure.yml",),
+                            ("dependencies.yml",), ("backup.yml",), ("restore.yml",), ("rotate-secrets.yml",)):
+        result = deployment.playbook(playbook, "--limit", "inst4", *args)
+        assert result.rc != 0, playbook
+        assert "instance is locked by ci-job-42 (pid 4242" in result.output, playbook
+        assert result.recap["inst4"]["changed"] == 0, playbook
     assert deployment.main_pid("inst4") == before and deployment.health("inst4")["version"] == "1.1.0"
 
     unlock = deployment.playbook("unlock.yml", "--limit", "inst4")
@@ -174,9 +161,9 @@ def test_audit_log_has_a_line_per_instance_per_run(deployment):
               and line["result"] in ("ok", "changed")]
     assert sorted({line["instance"] for line in to_1_1}) == sorted(deployment.instances)
     upgraded = sorted(line["instance"] for line in to_1_1 if line["version_from"] == "1.0.0")
-    assert upgraded == ["inst3", "inst4", "inst5"]
+    assert upgraded == ["inst3", "inst4"]
     failed = [line for line in lines if line["action"] == "canary_upgrade" and line["result"] == "failed"]
     assert [(f["instance"], f["version_from"], f["version_to"]) for f in failed] == [("inst1", "1.1.0", "1.1.0")]
-    deploys = [line for line in lines if line["action"] == "deploy"]
+    deploys = [line for line in lines if line["action"] == "deploy" and line["result"] != "failed"]
     assert sorted(line["instance"] for line in deploys) == sorted(deployment.instances)
     assert all(line["operator"] and line["source"] == "cli" for line in lines)

@@ -282,9 +282,9 @@ class Fleet:
         host.launcher_pid = proc.pid
         self._launchers[host.name] = proc
 
-    def _wait_for_ssh(self, timeout: float) -> None:
+    def _wait_for_ssh(self, timeout: float, hosts: list[Host] | None = None) -> None:
         deadline = time.monotonic() + timeout
-        pending = list(self.hosts)
+        pending = list(hosts or self.hosts)
         while pending:
             for host in list(pending):
                 proc = self._launchers.get(host.name)
@@ -321,9 +321,23 @@ class Fleet:
             return []
         return [Host(**h) for h in json.loads(state_file.read_text())["hosts"]]
 
-    def _close_control_masters(self) -> None:
+    @contextlib.contextmanager
+    def unreachable(self, host: Host):
+        """Inside the block the host is off the network (its link down); after it, reachable over SSH again."""
+        # An open ControlPersist master would first wait out its keepalives (about a minute).
+        self._close_control_masters([host])
+        _run("ip", "link", "set", host.veth, "down")
+        try:
+            yield
+        finally:
+            _run("ip", "link", "set", host.veth, "up")
+            # The bridge remembers the address as unreachable for a while: forget it, then wait for SSH.
+            _run("ip", "neigh", "flush", "to", host.address, check=False)
+            self._wait_for_ssh(30, [host])
+
+    def _close_control_masters(self, hosts: list[Host] | None = None) -> None:
         """Dead ControlPersist masters make later runs hang, so close them before the hosts go."""
-        for host in self._load():
+        for host in hosts or self._load():
             for control_path in (f"{self.control_path_dir}/%C", f"{self.control_path_dir}/t-%C",
                                  str(Path("~/.ansible/cp/%C").expanduser())):
                 if Path(control_path).parent.is_dir():

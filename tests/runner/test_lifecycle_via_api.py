@@ -2,6 +2,8 @@
 
 import json
 import secrets
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -27,11 +29,16 @@ class ApiEnv:
 
 @pytest.fixture(scope="module")
 def deployment(fleet, tmp_path_factory):
-    deployment = Deployment.create(fleet, tmp_path_factory.mktemp("api"))
-    # A run gets only its action's parameters, so what the tests pass with -e lives in the inventory.
+    workdir = tmp_path_factory.mktemp("api")
+    deployment = Deployment.create(fleet, workdir)
+    # A run gets only its action's parameters, so what the tests pass with -e lives in the inventory,
+    # with the environment's own SSH key (rotate_trust replaces it).
+    key = workdir / "id_ed25519"
+    shutil.copy(fleet.key_file, key)
     overrides = yaml.safe_load((REPO / "tests/fleet_overrides.yml").read_text())
     (deployment.inventory / "group_vars/all/test.yml").write_text(yaml.safe_dump(
-        {**overrides, "app_artifact_controller_dir": str(deployment.dist), "app_artifact_base_url": ""}))
+        {**overrides, "app_artifact_controller_dir": str(deployment.dist), "app_artifact_base_url": "",
+         "ansible_ssh_private_key_file": str(key)}))
     return deployment
 
 
@@ -67,6 +74,24 @@ def test_deploy_then_upgrade_through_the_api(server, deployment):
     assert all(h["changed"] > 0 for h in upgraded["hosts"].values())
     assert {i: deployment.health(i)["version"] for i in deployment.instances} == dict.fromkeys(
         deployment.instances, "1.1.0")
+
+
+def test_install_dependencies_then_rotate_trust_through_the_api(server, deployment):
+    installed = run_to_end(server, "install_dependencies", "fleet")
+    assert installed["status"] == "successful", installed
+    assert all(h["changed"] == 0 and h["failed"] == 0 for h in installed["hosts"].values())
+
+    settings = yaml.safe_load((deployment.inventory / "group_vars/all/test.yml").read_text())
+    key = Path(settings["ansible_ssh_private_key_file"])
+    before = key.read_bytes()
+    status, refused = server.call("POST", "/v1/runs", {"action": "rotate_trust", "target": "inst1"})
+    assert status == 422 and "rotate_trust may target fleet" in refused["error"]["message"], refused
+    rotated = run_to_end(server, "rotate_trust", "all")
+    assert rotated["status"] == "successful", rotated
+    assert key.read_bytes() != before
+    # The next run logs in with the new key (the fleet's original key is revoked now).
+    smoke = run_to_end(server, "smoke_check", "fleet")
+    assert smoke["status"] == "successful", smoke
 
 
 def test_no_vault_value_in_the_store_logs_or_responses(server, deployment):
