@@ -38,6 +38,11 @@ def logs_in(env, host, key) -> subprocess.CompletedProcess:
         capture_output=True, text=True)
 
 
+def public_blob(private_key) -> str:
+    return subprocess.run(["ssh-keygen", "-y", "-f", str(private_key)], capture_output=True, text=True,
+                          check=True).stdout.split()[1]
+
+
 def authorized_keys(env, key):
     return {h.name: subprocess.run(
         ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ControlPath=none",
@@ -87,12 +92,35 @@ def test_rotation_replaces_the_key_everywhere(env):
         assert logs_in(env, host, key).returncode == 0
         refused = logs_in(env, host, retired)
         assert refused.returncode != 0 and "Permission denied" in refused.stderr
-    old_public = subprocess.run(["ssh-keygen", "-y", "-f", str(retired)], capture_output=True, text=True,
-                                check=True).stdout.split()[1]
+    old_public = public_blob(retired)
     for keys in authorized_keys(env, key).values():
         assert keys.count(next_public) == 1 and old_public not in keys
 
-    again = rotate(env)  # a second rotation starts from the new key
-    assert again.rc == 0, again.output
-    assert all(logs_in(env, h, key).returncode == 0 for h in fleet.hosts)
-    assert key.with_name("id_ed25519.pub").read_text().split()[1] != next_public
+
+def test_a_rotation_stopped_after_a_revocation_is_finished_by_the_next_run(env):
+    """As if a run died half way: the next key authorized everywhere, the current one revoked on one host."""
+    fleet, key = env["fleet"], env["key"]
+    current = env["workdir"] / "current_key"
+    shutil.copy(key, current)
+    following = key.with_name("id_ed25519.next")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleetdeck-controller",
+                    "-f", str(following)], check=True)
+    following_public = following.with_name("id_ed25519.next.pub").read_text().strip()
+    current_public = public_blob(key)
+    for host in fleet.hosts:
+        edit = f"echo '{following_public}' >> .ssh/authorized_keys"
+        if host is fleet.hosts[0]:
+            edit += f" && sed -i '\\|{current_public}|d' .ssh/authorized_keys"
+        subprocess.run(["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "ControlPath=none",
+                        "-o", f"UserKnownHostsFile={fleet.known_hosts}", f"root@{host.address}", edit], check=True)
+    assert logs_in(env, fleet.hosts[0], current).returncode != 0
+    fleet.close_connections()  # the run must log in anew, not reuse a connection from earlier tests
+
+    result = rotate(env)
+    assert result.rc == 0, result.output
+    assert not following.exists()
+    assert public_blob(key) == following_public.split()[1]
+    assert key.with_name("id_ed25519.pub").read_text().split()[1] == following_public.split()[1]
+    for host in fleet.hosts:
+        assert logs_in(env, host, key).returncode == 0
+        assert "Permission denied" in logs_in(env, host, current).stderr

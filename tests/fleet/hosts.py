@@ -187,7 +187,7 @@ class Fleet:
 
     def down(self) -> None:
         """Remove every process, namespace, link, bridge, cgroup and file of this fleet."""
-        self._close_control_masters()
+        self.close_connections()
         netns = [n for n in self._names("ip", "netns", "list") if n.startswith(f"fleetdeck-{self.name}-")]
         pids = {int(p) for ns in netns for p in _run("ip", "netns", "pids", ns, check=False).stdout.split()}
         pids |= {h.launcher_pid for h in self._load()} | {p.pid for p in self._launchers.values()}
@@ -325,7 +325,7 @@ class Fleet:
     def unreachable(self, host: Host):
         """Inside the block the host is off the network (its link down); after it, reachable over SSH again."""
         # An open ControlPersist master would first wait out its keepalives (about a minute).
-        self._close_control_masters([host])
+        self.close_connections([host])
         _run("ip", "link", "set", host.veth, "down")
         try:
             yield
@@ -335,8 +335,9 @@ class Fleet:
             _run("ip", "neigh", "flush", "to", host.address, check=False)
             self._wait_for_ssh(30, [host])
 
-    def _close_control_masters(self, hosts: list[Host] | None = None) -> None:
-        """Dead ControlPersist masters make later runs hang, so close them before the hosts go."""
+    def close_connections(self, hosts: list[Host] | None = None) -> None:
+        """Close the ControlPersist masters to the hosts: a dead one makes later runs hang, a live one
+        lets a new run in without logging in again."""
         for host in hosts or self._load():
             for control_path in (f"{self.control_path_dir}/%C", f"{self.control_path_dir}/t-%C",
                                  str(Path("~/.ansible/cp/%C").expanduser())):
