@@ -29,13 +29,13 @@ def rotate(env, *args):
     return ansible_playbook("rotate-trust.yml", env["inventory"], *args, env=env["fleet"].ansible_env())
 
 
-def logs_in(env, host, key) -> subprocess.CompletedProcess:
-    """A fresh SSH login with exactly this key (no agent, no shared connection)."""
+def ssh_with(env, host, key, command="true", check=False) -> subprocess.CompletedProcess:
+    """A fresh SSH login with exactly this key (no agent, no shared connection), running `command`."""
     return subprocess.run(
         ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
          "-o", "ControlPath=none", "-o", f"UserKnownHostsFile={env['fleet'].known_hosts}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5", f"root@{host.address}", "true"],
-        capture_output=True, text=True)
+         "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5", f"root@{host.address}", command],
+        capture_output=True, text=True, check=check)
 
 
 def public_blob(private_key) -> str:
@@ -44,10 +44,7 @@ def public_blob(private_key) -> str:
 
 
 def authorized_keys(env, key):
-    return {h.name: subprocess.run(
-        ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ControlPath=none",
-         "-o", f"UserKnownHostsFile={env['fleet'].known_hosts}", f"root@{h.address}", "cat .ssh/authorized_keys"],
-        capture_output=True, text=True, check=True).stdout for h in env["fleet"].hosts}
+    return {h.name: ssh_with(env, h, key, "cat .ssh/authorized_keys", check=True).stdout for h in env["fleet"].hosts}
 
 
 def test_a_partial_target_is_refused(env):
@@ -73,7 +70,7 @@ def test_an_unreachable_host_stops_the_rotation_before_any_revocation(env):
     assert result.rc != 0
     assert f"not revoking the old key: {fleet.hosts[1].name} did not take the next key" in result.output
     # The old key still logs in everywhere and is still the inventory's; the next one waits for a re-run.
-    assert all(logs_in(env, h, old).returncode == 0 for h in fleet.hosts)
+    assert all(ssh_with(env, h, old).returncode == 0 for h in fleet.hosts)
     assert old.with_name("id_ed25519.next").exists()
 
 
@@ -89,8 +86,8 @@ def test_rotation_replaces_the_key_everywhere(env):
     assert key.read_bytes() != retired.read_bytes()
     assert key.with_name("id_ed25519.pub").read_text().split()[1] == next_public
     for host in fleet.hosts:
-        assert logs_in(env, host, key).returncode == 0
-        refused = logs_in(env, host, retired)
+        assert ssh_with(env, host, key).returncode == 0
+        refused = ssh_with(env, host, retired)
         assert refused.returncode != 0 and "Permission denied" in refused.stderr
     old_public = public_blob(retired)
     for keys in authorized_keys(env, key).values():
@@ -111,9 +108,8 @@ def test_a_rotation_stopped_after_a_revocation_is_finished_by_the_next_run(env):
         edit = f"echo '{following_public}' >> .ssh/authorized_keys"
         if host is fleet.hosts[0]:
             edit += f" && sed -i '\\|{current_public}|d' .ssh/authorized_keys"
-        subprocess.run(["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "ControlPath=none",
-                        "-o", f"UserKnownHostsFile={fleet.known_hosts}", f"root@{host.address}", edit], check=True)
-    assert logs_in(env, fleet.hosts[0], current).returncode != 0
+        ssh_with(env, host, key, edit, check=True)
+    assert ssh_with(env, fleet.hosts[0], current).returncode != 0
     fleet.close_connections()  # the run must log in anew, not reuse a connection from earlier tests
 
     result = rotate(env)
@@ -122,5 +118,5 @@ def test_a_rotation_stopped_after_a_revocation_is_finished_by_the_next_run(env):
     assert public_blob(key) == following_public.split()[1]
     assert key.with_name("id_ed25519.pub").read_text().split()[1] == following_public.split()[1]
     for host in fleet.hosts:
-        assert logs_in(env, host, key).returncode == 0
-        assert "Permission denied" in logs_in(env, host, current).stderr
+        assert ssh_with(env, host, key).returncode == 0
+        assert "Permission denied" in ssh_with(env, host, current).stderr
