@@ -8,6 +8,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -47,20 +48,41 @@ class RunnerEnv:
 
 def make_env(fleet, base: Path) -> RunnerEnv:
     """An environment dir (hosts.yml, host_vars with a vaulted secret per host) for `fleet`."""
-    inventory = base / "env"
     tree = yaml.safe_load(fleet.inventory.read_text())
+    hosts = [h.name for h in fleet.hosts]
+    return _make_env(base, tree, hosts, fleet.vault_password_file, fleet.ansible_env())
+
+
+LOCAL_HOSTS = ("local-1", "local-2", "local-3")
+
+
+def make_local_env(base: Path) -> RunnerEnv:
+    """The same without test hosts: group `testfleet` of hosts with `ansible_connection: local`, so the
+    test playbooks run for real, on this machine. For what needs no fleet: validation, auth, errors,
+    idempotency, OpenAPI."""
+    base.mkdir(parents=True, exist_ok=True)
+    password_file = base / "vault-pass"
+    password_file.write_text(secrets.token_hex(24))
+    password_file.chmod(0o600)
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    tree = {"all": {"children": {"testfleet": {"hosts": dict.fromkeys(LOCAL_HOSTS, local)}}}}
+    ansible_env = {"FLEETDECK_VAULT_PASSWORD_FILE": str(password_file)}
+    return _make_env(base, tree, list(LOCAL_HOSTS), password_file, ansible_env)
+
+
+def _make_env(base: Path, tree: dict, hosts: list[str], password_file: Path, ansible_env: dict) -> RunnerEnv:
+    inventory = base / "env"
     (inventory / "host_vars").mkdir(parents=True)
     (inventory / "hosts.yml").write_text(yaml.safe_dump(tree, sort_keys=False))
-    password_file = fleet.vault_password_file
     host_secrets = {}
-    for host in fleet.hosts:
-        host_dir = inventory / "host_vars" / host.name
+    for host in hosts:
+        host_dir = inventory / "host_vars" / host
         host_dir.mkdir()
-        host_secrets[host.name] = f"s3cr3t-{secrets.token_hex(12)}"
+        host_secrets[host] = f"s3cr3t-{secrets.token_hex(12)}"
         (host_dir / "main.yml").write_text('app_secret: "{{ vault_app_secret }}"\n')
         vault.encrypt_file(
             host_dir / "vault.yml",
-            {"vault_app_secret": host_secrets[host.name]},
+            {"vault_app_secret": host_secrets[host]},
             vault.read_password(password_file),
         )
     tokens = {name: secrets.token_urlsafe(32) for name in SCOPES}
@@ -73,7 +95,7 @@ def make_env(fleet, base: Path) -> RunnerEnv:
         "FLEETDECK_RUNNER_DATA_DIR": str(base / "data"),
         "FLEETDECK_CATALOG": str(CATALOG),
         "FLEETDECK_RUNNER_CANCEL_GRACE": "3",
-        **fleet.ansible_env(),
+        **ansible_env,
     }
     return RunnerEnv(base, inventory, password_file, tokens, host_secrets, env)
 

@@ -101,7 +101,7 @@ def test_sse_follows_a_live_run_to_its_end(client, env, hosts):
     ("body", "status", "fragment"),
     [
         ({"action": "nope", "target": "testfleet"}, 404, "unknown action 'nope'"),
-        ({"action": "deploy", "target": "testfleet"}, 404, "its playbook is not in the project yet"),
+        ({"action": "deploy", "target": "testfleet"}, 404, "is not in the project yet"),
         (
             {"action": "ping", "target": "testfleet", "params": {"colour": "red"}},
             422,

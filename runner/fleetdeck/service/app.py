@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 from flask import Flask
 
@@ -13,23 +11,13 @@ from fleetdeck import vault
 from . import api, errors, health, hooks
 from .catalog import Catalog
 from .config import Settings, from_env
+from .context import Service
 from .executor import Executor, kill_leftovers
 from .hub import HubNotifier
 from .metrics import Metrics
 from .store import Store
 
 log = logging.getLogger("fleetdeck.runner")
-
-
-@dataclass
-class Service:
-    settings: Settings
-    store: Store
-    catalog: Catalog
-    executor: Executor
-    metrics: Metrics
-    password_file: Path | None
-    hub: HubNotifier | None
 
 
 def create_app(settings: Settings | None = None) -> Flask:

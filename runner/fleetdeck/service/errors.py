@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+# Headers of werkzeug's own errors that still mean something on a JSON answer.
+KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 class ApiError(Exception):
@@ -27,6 +30,13 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        """Flask's and werkzeug's own errors (404, 405, 413, 500 ...) in the API's shape."""
+        status = exc.code or 500
+        if isinstance(exc, InternalServerError):
+            # Flask has logged the cause; the answer does not repeat it (it may hold paths or values).
+            message = "internal error; the runner's log has the details"
+        else:
+            message = "request body too large" if status == 413 else exc.description
+        headers = {k: v for k, v in exc.get_headers() if k in KEPT_HEADERS}
         code = (exc.name or "error").lower().replace(" ", "_")
-        message = "request body too large" if exc.code == 413 else exc.description
-        return ApiError(exc.code or 500, code, message).response()
+        return ApiError(status, code, message, headers).response()

@@ -13,8 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fleetdeck import inventory
 
-from .api import service
 from .auth import require
+from .context import service
 
 bp = Blueprint("health", __name__)
 OPENAPI = Path(__file__).with_name("openapi.json")

@@ -14,9 +14,10 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 
-from .api import launch, service
+from . import runs
+from .body import json_object
+from .context import service
 from .errors import ApiError
-from .targets import resolve
 
 bp = Blueprint("hooks", __name__, url_prefix="/v1/hooks")
 HOOK_ACTION = "canary_upgrade"
@@ -45,9 +46,9 @@ def _verify(secret: str, body: bytes) -> tuple[str, str]:
 
 def _pushed_at(payload: dict) -> float:
     """GitHub sends repository.pushed_at (epoch seconds); Gitea's repository.updated_at is the push time."""
-    repo = payload.get("repository") or {}
-    value = repo.get("pushed_at") or repo.get("updated_at")
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    repo = payload.get("repository")
+    value = (repo.get("pushed_at") or repo.get("updated_at")) if isinstance(repo, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e11:
         return float(value)
     if isinstance(value, str):
         try:
@@ -67,9 +68,7 @@ def git_push():
     delivery, event = _verify(settings.hook_secret, body)
     if event == "ping":
         return jsonify({"ok": True})
-    payload = request.get_json(silent=True)
-    if not isinstance(payload, dict):
-        raise ApiError(400, "invalid_body", "the payload must be a JSON object")
+    payload = json_object(request, "the payload")
     age = time.time() - _pushed_at(payload)
     if abs(age) > settings.hook_window:
         raise ApiError(
@@ -83,23 +82,12 @@ def git_push():
     match = re.fullmatch(settings.hook_tag_pattern, str(payload.get("ref", "")))
     if event not in ("push", "") or not match:
         return jsonify({"ignored": f"not a tag push matching {settings.hook_tag_pattern}"})
-    action = svc.catalog.actions.get(HOOK_ACTION)
-    if action is None:
-        raise ApiError(503, "action_unavailable", f"{HOOK_ACTION} is not available (its playbook is missing)")
-    params = {"app_version": match.group(1)}
-    errors = action.parameter_errors(params)
-    if errors:
-        raise ApiError(422, "invalid_params", "; ".join(errors))
-    instances = resolve(settings.inventory, action, settings.hook_target)
-    run = launch(
-        action,
-        settings.hook_target,
-        instances,
-        params,
-        check=False,
-        wait=True,
-        operator="git-hook",
-        source=f"hook:{delivery}",
-    )
-    svc.store.link_hook_delivery(delivery, run["id"])
-    return jsonify(run), 202
+    run_request = {
+        "action": HOOK_ACTION,
+        "target": settings.hook_target,
+        "params": {"app_version": match.group(1)},
+        "wait": True,
+    }
+    started = runs.start(svc, run_request, operator="git-hook", source=f"hook:{delivery}")
+    svc.store.link_hook_delivery(delivery, started.run["id"])
+    return jsonify(started.run), 202

@@ -53,6 +53,12 @@ class LeaseConflict(Exception):
         self.instance, self.holder = instance, holder
 
 
+class IdempotencyConflict(Exception):
+    def __init__(self, run_id: str):
+        super().__init__(f"idempotency key already used for run {run_id}")
+        self.run_id = run_id
+
+
 def _run_row(row: tuple) -> dict:
     run = dict(zip([c.strip() for c in RUN_COLUMNS.split(",")], row, strict=True))
     run["params"], run["instances"], run["hosts"] = (
@@ -90,10 +96,25 @@ class Store:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def create_run(self, run: dict, take_leases: bool, idempotency: tuple[str, str, str] | None) -> None:
-        """Insert a run, with its leases (all or none) and its idempotency key, in one transaction."""
+    def create_run(
+        self, run: dict, take_leases: bool, idempotency: tuple[str, str, str] | None
+    ) -> tuple[str, bool]:
+        """Insert a run, with its leases (all or none) and its idempotency key, in one transaction.
+
+        `idempotency` is (operator, key, request digest). A key seen before gives back its run,
+        (run id, False), when the digest matches, and raises IdempotencyConflict when not. It is read in
+        the same transaction that writes it, so concurrent requests with one key make one run.
+        """
 
         def insert(db):
+            if idempotency:
+                row = db.execute(
+                    "SELECT body_sha256, run_id FROM idempotency WHERE token = ? AND key = ?", idempotency[:2]
+                ).fetchone()
+                if row and row[0] != idempotency[2]:
+                    raise IdempotencyConflict(row[1])
+                if row:
+                    return row[1], False
             if take_leases:
                 self._acquire(db, run["id"], run["instances"])
             db.execute(
@@ -123,8 +144,9 @@ class Store:
                 run["id"],
                 {k: run[k] for k in ("action", "target", "params", "check", "source")},
             )
+            return run["id"], True
 
-        self._tx(insert)
+        return self._tx(insert)
 
     def get_run(self, run_id: str) -> dict | None:
         rows = self._query(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))  # noqa: S608 - constant
@@ -182,12 +204,6 @@ class Store:
             return ids
 
         return self._tx(recover)
-
-    def idempotent_run(self, token: str, key: str) -> tuple[str, str] | None:
-        rows = self._query(
-            "SELECT body_sha256, run_id FROM idempotency WHERE token = ? AND key = ?", (token, key)
-        )
-        return rows[0] if rows else None
 
     # -- leases --------------------------------------------------------------------------------
 
