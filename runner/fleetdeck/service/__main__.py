@@ -9,6 +9,7 @@ import sys
 from gunicorn.app.base import BaseApplication
 
 from .config import ConfigError, Settings, check_secret, from_env
+from .secret_rules import ASCII_WHITESPACE
 
 
 class RunnerServer(BaseApplication):
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if argv == ["hash-token"]:
-            token = sys.stdin.readline().strip()
-            print(hashlib.sha256(check_secret("token", token).encode()).hexdigest())
+            token = sys.stdin.readline().strip(ASCII_WHITESPACE)
+            print(hashlib.sha256(check_secret("token", token, bearer=True).encode()).hexdigest())
             return 0
         if argv:
             print("usage: fleetdeck-runner [hash-token]", file=sys.stderr)

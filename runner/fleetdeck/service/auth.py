@@ -11,14 +11,26 @@ from flask import current_app, g, request
 from .config import Token
 from .errors import ApiError
 
+# HTTP's optional whitespace around a header value's parts; str.strip() would also eat Unicode spaces,
+# and a token of only U+2003 would then be the empty token.
+OWS = " \t"
+
 
 def authenticate(tokens: tuple[Token, ...], header: str | None) -> Token | None:
-    if not header or not header.startswith("Bearer "):
+    """The token of `Authorization: Bearer <token>` (scheme in any case), compared exactly as sent but for
+    surrounding spaces and tabs; an empty token never matches."""
+    scheme, _, credentials = (header or "").strip(OWS).partition(" ")
+    presented = credentials.strip(OWS)
+    if scheme.lower() != "bearer" or not presented:
         return None
-    presented = hashlib.sha256(header[len("Bearer ") :].strip().encode()).hexdigest()
+    try:
+        # WSGI hands header values over decoded as latin-1: this gives back the bytes as sent.
+        presented_digest = hashlib.sha256(presented.encode("latin-1")).hexdigest()
+    except UnicodeEncodeError:  # not from a real HTTP request
+        return None
     found = None
     for token in tokens:  # no early exit: the time taken does not depend on which token matched
-        if hmac.compare_digest(presented, token.sha256):
+        if hmac.compare_digest(presented_digest, token.sha256):
             found = token
     return found
 

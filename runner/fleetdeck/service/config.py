@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-MIN_SECRET_LENGTH = 32
-# Values seen in examples and tutorials: refused even when long enough, also as pre-hashed tokens.
-KNOWN_INSECURE = (
-    "changeme",
-    "change-me",
-    "secret",
-    "password",
-    "token",
-    "admin",
-    "test",
-    "example",
-    "fleetdeck",
-    "replace-me",
-    "please-change-this-secret-value-now",
-    "0123456789abcdef0123456789abcdef",
-    "00000000000000000000000000000000",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-)
-KNOWN_INSECURE_SHA256 = {hashlib.sha256(v.encode()).hexdigest() for v in KNOWN_INSECURE}
+from . import secret_rules
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -65,11 +50,11 @@ class Settings:
     hub_backoff: float = 2.0
 
 
-def check_secret(what: str, value: str) -> str:
-    if len(value) < MIN_SECRET_LENGTH:
-        raise ConfigError(f"{what} is shorter than {MIN_SECRET_LENGTH} characters")
-    if value.lower() in KNOWN_INSECURE or len(set(value)) < 8:
-        raise ConfigError(f"{what} is a known-insecure or low-variety value")
+def check_secret(what: str, value: str, bearer: bool = False) -> str:
+    """`value` if it passes every rule of secret_rules, else the refusal naming the rule it breaks."""
+    problem = secret_rules.problem(value, bearer)
+    if problem:
+        raise ConfigError(f"{what} is refused by rule {problem}")
     return value
 
 
@@ -81,7 +66,7 @@ def parse_tokens(raw: str) -> tuple[Token, ...]:
         raise ConfigError(f"tokens: not JSON ({exc})") from None
     if not isinstance(entries, list) or not entries:
         raise ConfigError("tokens: need a non-empty JSON list; the runner refuses to start without auth")
-    tokens, names = [], set()
+    tokens, names, digests = [], set(), {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
             raise ConfigError(f"tokens[{i}]: needs a name")
@@ -98,13 +83,22 @@ def parse_tokens(raw: str) -> tuple[Token, ...]:
                     f"token {name!r}: unknown scope {scope!r} (read, admin, run:<action>, run:*)"
                 )
         if "token" in entry:
-            digest = hashlib.sha256(check_secret(f"token {name!r}", entry["token"]).encode()).hexdigest()
+            if not isinstance(entry["token"], str):
+                raise ConfigError(f"token {name!r}: `token` must be a string")
+            plain = check_secret(f"token {name!r}", entry["token"], bearer=True)
+            digest = hashlib.sha256(plain.encode()).hexdigest()
         else:
             digest = str(entry.get("sha256", "")).lower()
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ConfigError(f"token {name!r}: needs `token` or a 64-hex-digit `sha256`")
-        if digest in KNOWN_INSECURE_SHA256:
-            raise ConfigError(f"token {name!r} is a known-insecure value")
+            problem = secret_rules.hash_problem(digest)
+            if problem:
+                raise ConfigError(f"token {name!r} is refused by rule {problem}")
+        if digest in digests:
+            raise ConfigError(
+                f"token {name!r} is refused by rule duplicate: the same token as {digests[digest]!r}"
+            )
+        digests[digest] = name
         tokens.append(Token(name, digest, frozenset(scopes)))
     return tuple(tokens)
 
@@ -112,8 +106,24 @@ def parse_tokens(raw: str) -> tuple[Token, ...]:
 def _read_secret(env: dict[str, str], name: str) -> str | None:
     """NAME or NAME_FILE (the file form keeps secrets out of the process environment listing)."""
     if env.get(f"{name}_FILE"):
-        return Path(env[f"{name}_FILE"]).read_text().strip()
+        path = Path(env[f"{name}_FILE"])
+        try:
+            return path.read_text().strip(secret_rules.ASCII_WHITESPACE)
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}_FILE: {path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     return env.get(name) or None
+
+
+def _tag_pattern(pattern: str) -> str:
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        raise ConfigError(f"FLEETDECK_HOOK_TAG_PATTERN: not a regular expression ({exc})") from None
+    if groups < 1:
+        raise ConfigError("FLEETDECK_HOOK_TAG_PATTERN: needs a group, the version (group 1)")
+    return pattern
 
 
 def from_env(env: dict[str, str] | None = None) -> Settings:
@@ -127,7 +137,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
     hook_secret = _read_secret(env, "FLEETDECK_HOOK_SECRET")
     hub_secret = _read_secret(env, "FLEETDECK_HUB_SECRET")
     hub_url = env.get("FLEETDECK_HUB_URL") or None
-    if hub_url and not hub_secret:
+    if hub_url and hub_secret is None:
         raise ConfigError("FLEETDECK_HUB_URL is set without FLEETDECK_HUB_SECRET: callbacks must be signed")
 
     def number(name: str, default: float, kind=float):
@@ -135,8 +145,8 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
             value = kind(env.get(name, default))
         except ValueError:
             raise ConfigError(f"{name}: not a number") from None
-        if value <= 0:
-            raise ConfigError(f"{name}: must be positive")
+        if not 0 < value < math.inf:
+            raise ConfigError(f"{name}: must be a positive number, not {value}")
         return value
 
     return Settings(
@@ -152,12 +162,12 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         idle_timeout=number("FLEETDECK_RUNNER_IDLE_TIMEOUT", 600.0),
         keep_artifacts=number("FLEETDECK_RUNNER_KEEP_ARTIFACTS", 50, int),
         max_body_bytes=number("FLEETDECK_RUNNER_MAX_BODY", 64 * 1024, int),
-        hook_secret=check_secret("FLEETDECK_HOOK_SECRET", hook_secret) if hook_secret else None,
+        hook_secret=check_secret("FLEETDECK_HOOK_SECRET", hook_secret) if hook_secret is not None else None,
         hook_target=env.get("FLEETDECK_HOOK_TARGET", "all"),
-        hook_tag_pattern=env.get("FLEETDECK_HOOK_TAG_PATTERN", Settings.hook_tag_pattern),
+        hook_tag_pattern=_tag_pattern(env.get("FLEETDECK_HOOK_TAG_PATTERN", Settings.hook_tag_pattern)),
         hook_window=number("FLEETDECK_HOOK_WINDOW", 300.0),
         hub_url=hub_url,
-        hub_secret=check_secret("FLEETDECK_HUB_SECRET", hub_secret) if hub_secret else None,
+        hub_secret=check_secret("FLEETDECK_HUB_SECRET", hub_secret) if hub_secret is not None else None,
         hub_attempts=number("FLEETDECK_HUB_ATTEMPTS", 6, int),
         hub_backoff=number("FLEETDECK_HUB_BACKOFF", 2.0),
     )

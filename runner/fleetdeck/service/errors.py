@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException, InternalServerError
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound
 
 # Headers of werkzeug's own errors that still mean something on a JSON answer.
 KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
@@ -32,11 +32,17 @@ def register(app: Flask) -> None:
     def http_error(exc: HTTPException):
         """Flask's and werkzeug's own errors (404, 405, 413, 500 ...) in the API's shape."""
         status = exc.code or 500
+        headers = {k: v for k, v in exc.get_headers() if k in KEPT_HEADERS}
         if isinstance(exc, InternalServerError):
             # Flask has logged the cause; the answer does not repeat it (it may hold paths or values).
             message = "internal error; the runner's log has the details"
+        elif isinstance(exc, NotFound):
+            message = "no such endpoint; the API is described at /v1/openapi.json"
+        elif isinstance(exc, MethodNotAllowed):
+            message = f"{request.method} is not allowed here; allowed: {headers.get('Allow', 'none')}"
+        elif status == 413:
+            message = "request body too large"
         else:
-            message = "request body too large" if status == 413 else exc.description
-        headers = {k: v for k, v in exc.get_headers() if k in KEPT_HEADERS}
+            message = exc.description or exc.name
         code = (exc.name or "error").lower().replace(" ", "_")
         return ApiError(status, code, message, headers).response()
