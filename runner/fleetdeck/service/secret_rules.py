@@ -19,13 +19,14 @@ ASCII_WHITESPACE = " \t\r\n"
 MIN_LENGTH = 32
 MIN_DISTINCT = 8
 MAX_PREDICTABLE = 0.6
-MIN_PART = 4
+# Shortest part that counts: hex and base64 strings are full of short runs and digit-keypad walks.
+MIN_PART = {"dictionary": 4, "sequence": 6, "spatial": 6}
 MATCHERS = (
     matching.dictionary_match,
     matching.reverse_dictionary_match,
     matching.l33t_match,
     matching.sequence_match,
-    matching.spatial_match,
+    lambda value: matching.spatial_match(value, {"qwerty": matching.GRAPHS["qwerty"]}),
 )
 # A bearer token as RFC 6750 defines it (b64token): printable ASCII without spaces, quotes or separators.
 B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
@@ -94,13 +95,13 @@ def hash_problem(digest: str) -> str | None:
 
 
 def _predictable(value: str) -> list[str]:
-    """The predictable parts of `value` (4+ characters; digits-only words do not count) that together
-    cover most of it, in order."""
+    """The predictable parts of `value` (digits-only words do not count) that together cover most of it,
+    in order."""
     found: dict[int, set[int]] = {}  # start -> ends
     for matcher in MATCHERS:
         for match in matcher(value):
-            token = match["token"]
-            if len(token) >= MIN_PART and not (match["pattern"] == "dictionary" and token.isdigit()):
+            token, pattern = match["token"], match["pattern"]
+            if len(token) >= MIN_PART[pattern] and not (pattern == "dictionary" and token.isdigit()):
                 found.setdefault(match["i"], set()).add(match["j"] + 1)
     # best[i]: most characters from position i on that non-overlapping words can cover, and how.
     best: list[tuple[int, list[str]]] = [(0, [])] * (len(value) + 1)
