@@ -30,8 +30,8 @@ MATCHERS = (
 )
 # A bearer token as RFC 6750 defines it (b64token): printable ASCII without spaces, quotes or separators.
 B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
-# A unit of 1 to 8 characters repeated 3 times or more in a row; 8 characters or more in all counts.
-REPEAT = re.compile(r"(.{1,8}?)\1{2,}", re.DOTALL)
+# A unit of 1 to 16 characters repeated 3 times or more in a row; 8 characters or more in all counts.
+REPEAT = re.compile(r"(.{1,16}?)\1{2,}", re.DOTALL)
 # A pre-hashed token cannot be checked, except against the hashes of values nobody may use.
 WEAK_VALUES = (
     "",
