@@ -1,4 +1,5 @@
-"""Inbound git webhooks (signature, replay) and outbound signed completion callbacks to a local hub."""
+"""Inbound git webhooks (signature, replay) and outbound signed completion callbacks to a local hub.
+No test hosts: the upgrade the hook starts is the test `ping` playbook on `ansible_connection: local` hosts."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fleetdeck.service import create_app
 
-from tests.runner.service import make_env, wait_until
+from tests.runner.service import make_local_env, wait_until
 
-FLEET_SIZE = 2
-pytestmark = pytest.mark.fleet
 HOOK_SECRET = secrets.token_hex(24)
 HUB_SECRET = secrets.token_hex(24)
+JSON = "application/json"
 RECEIVED: list[dict] = []  # what the hub was sent, each attempt
 
 
@@ -52,8 +52,8 @@ def hub():
 
 
 @pytest.fixture(scope="module")
-def env(fleet, tmp_path_factory):
-    runner_env = make_env(fleet, tmp_path_factory.mktemp("runner"))
+def env(tmp_path_factory):
+    runner_env = make_local_env(tmp_path_factory.mktemp("runner"))
     with pytest.MonkeyPatch.context() as mp:
         for key, value in runner_env.env.items():
             mp.setenv(key, value)
@@ -202,4 +202,22 @@ def test_non_tag_pushes_and_pings_start_nothing(client, env):
     assert (
         client.post("/v1/hooks/git", data=bad_tag, headers=github(bad_tag, "t-1")).get_json().get("ignored")
     )
+    assert run_count(client, env) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b'{"ref": "refs/tags/v1.0.0", "repository": "ops/app"}', "application/json", 400, "missing_push_time"),
+        (b'{"ref": "refs/tags/v1.0.0", "repository": {"pushed_at": 1e300}}', JSON, 400, "missing_push_time"),
+        (b"[1, 2]", "application/json", 400, "invalid_body"),
+        (b"{nope", "application/json", 400, "invalid_json"),
+        (b"payload=%7B%7D", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    ],
+)
+def test_signed_but_malformed_payloads_are_4xx(client, env, body, content_type, status, code):
+    before = run_count(client, env)
+    headers = {**github(body, f"bad-{code}-{len(body)}"), "Content-Type": content_type}
+    response = client.post("/v1/hooks/git", data=body, headers=headers)
+    assert response.status_code == status and response.get_json()["error"]["code"] == code, response.get_json()
     assert run_count(client, env) == before
