@@ -8,6 +8,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -47,20 +48,39 @@ class RunnerEnv:
 
 def make_env(fleet, base: Path) -> RunnerEnv:
     """An environment dir (hosts.yml, host_vars with a vaulted secret per host) for `fleet`."""
-    inventory = base / "env"
     tree = yaml.safe_load(fleet.inventory.read_text())
+    return _environment(
+        base, tree, [h.name for h in fleet.hosts], fleet.vault_password_file, fleet.ansible_env()
+    )
+
+
+def make_local_env(base: Path, hosts: tuple[str, ...] = ("local1", "local2")) -> RunnerEnv:
+    """The same without test hosts: `hosts` run on this machine (connection local), for tests of the
+    service itself (serving, shutdown, storage) that need real runs but no SSH."""
+    password_file = base / "vault-pass"
+    base.mkdir(parents=True, exist_ok=True)
+    password_file.write_text(secrets.token_hex(24))
+    password_file.chmod(0o600)
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    tree = {"all": {"children": {"localfleet": {"hosts": {h: local for h in hosts}}}}}
+    return _environment(
+        base, tree, list(hosts), password_file, {"FLEETDECK_VAULT_PASSWORD_FILE": str(password_file)}
+    )
+
+
+def _environment(base: Path, tree: dict, hosts: list[str], password_file: Path, extra: dict) -> RunnerEnv:
+    inventory = base / "env"
     (inventory / "host_vars").mkdir(parents=True)
     (inventory / "hosts.yml").write_text(yaml.safe_dump(tree, sort_keys=False))
-    password_file = fleet.vault_password_file
     host_secrets = {}
-    for host in fleet.hosts:
-        host_dir = inventory / "host_vars" / host.name
+    for host in hosts:
+        host_dir = inventory / "host_vars" / host
         host_dir.mkdir()
-        host_secrets[host.name] = f"s3cr3t-{secrets.token_hex(12)}"
+        host_secrets[host] = f"s3cr3t-{secrets.token_hex(12)}"
         (host_dir / "main.yml").write_text('app_secret: "{{ vault_app_secret }}"\n')
         vault.encrypt_file(
             host_dir / "vault.yml",
-            {"vault_app_secret": host_secrets[host.name]},
+            {"vault_app_secret": host_secrets[host]},
             vault.read_password(password_file),
         )
     tokens = {name: secrets.token_urlsafe(32) for name in SCOPES}
@@ -73,7 +93,7 @@ def make_env(fleet, base: Path) -> RunnerEnv:
         "FLEETDECK_RUNNER_DATA_DIR": str(base / "data"),
         "FLEETDECK_CATALOG": str(CATALOG),
         "FLEETDECK_RUNNER_CANCEL_GRACE": "3",
-        **fleet.ansible_env(),
+        **extra,
     }
     return RunnerEnv(base, inventory, password_file, tokens, host_secrets, env)
 

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, request
 
 from fleetdeck import vault
 
@@ -17,6 +17,7 @@ from .executor import Executor, kill_leftovers
 from .hub import HubNotifier
 from .metrics import Metrics
 from .store import Store
+from .streams import StreamSlots
 
 log = logging.getLogger("fleetdeck.runner")
 
@@ -30,6 +31,7 @@ class Service:
     metrics: Metrics
     password_file: Path | None
     hub: HubNotifier | None
+    streams: StreamSlots
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -76,9 +78,22 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_body_bytes, TOKENS=settings.tokens, JSON_SORT_KEYS=False
     )
     app.extensions["fleetdeck"] = Service(
-        settings, store, catalog, executor, metrics, password_file if password_file.is_file() else None, hub
+        settings,
+        store,
+        catalog,
+        executor,
+        metrics,
+        password_file if password_file.is_file() else None,
+        hub,
+        StreamSlots(settings.max_streams_per_token),
     )
     errors.register(app)
+
+    @app.before_request
+    def no_intake_while_stopping():
+        if executor.stopping and request.method != "GET":
+            raise errors.ApiError(503, "shutting_down", "the runner is stopping; retry when it is back")
+
     for blueprint in (api.bp, hooks.bp, health.bp):
         app.register_blueprint(blueprint)
     return app
