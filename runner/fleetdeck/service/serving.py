@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 
 import gevent
 from gevent import monkey, socket
@@ -23,6 +24,7 @@ from .config import Settings
 log = logging.getLogger("fleetdeck.runner")
 # Requests already being answered when the runs have stopped get this long before connections are closed.
 DRAIN_SECONDS = 2.0
+LINGER_SECONDS = 2.0
 STATUS = {
     http.LimitRequestLine: (414, "uri_too_long"),
     http.LimitRequestHeaders: (431, "request_header_fields_too_large"),
@@ -79,6 +81,17 @@ class RunnerWorker(GeventWorker):
             log.warning("invalid request from %s: %s", (addr or ("",))[0], message)
         with contextlib.suppress(OSError):  # the client may be gone already
             client.sendall(error_response(status, code, message))
+            _linger(client)
+
+
+def _linger(client) -> None:
+    """Read what the client still sends (briefly): closing with unread input resets the connection,
+    and the client could lose the answer."""
+    client.shutdown(socket.SHUT_WR)
+    client.settimeout(0.5)
+    deadline = time.monotonic() + LINGER_SECONDS
+    while time.monotonic() < deadline and client.recv(65536):
+        pass
 
 
 class RunnerServer(BaseApplication):
@@ -101,6 +114,7 @@ class RunnerServer(BaseApplication):
             "errorlog": "-",
             "worker_exit": _worker_exit,
             "proc_name": "fleetdeck-runner",
+            "control_socket_disable": True,  # unused, and its default path in ~ is shared by every instance
         }.items():
             self.cfg.set(key, value)
 

@@ -76,26 +76,35 @@ def _run_row(row: tuple) -> dict:
     return run
 
 
+def _check_dir(directory: Path) -> None:
+    """The runs' data dirs live beside the database: the directory itself must take new files."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except FileExistsError:
+        raise StoreUnavailable(directory, "not a directory") from None
+    except OSError as exc:
+        raise StoreUnavailable(directory, f"cannot create files: {exc.strerror}") from None
+
+
 class Store:
     def __init__(self, path: Path):
         """Open (or create) the store and prove it writable; StoreUnavailable names the path and the reason."""
         self.path = path
         self._lock = threading.RLock()
+        _check_dir(path.parent)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # The runs' data dirs live beside the database: the directory itself must take new files.
-            with tempfile.TemporaryFile(dir=path.parent):
-                pass
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             self._db.execute("PRAGMA user_version = 1")  # a write: a read-only store fails here, not later
             path.chmod(0o600)
-        except OSError as exc:
-            raise StoreUnavailable(Path(exc.filename or path), exc.strerror or str(exc)) from None
         except sqlite3.Error as exc:
             raise StoreUnavailable(path, str(exc)) from None
+        except OSError as exc:
+            raise StoreUnavailable(path, exc.strerror or str(exc)) from None
 
     def close(self) -> None:
         with self._lock:
