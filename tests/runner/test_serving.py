@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -187,3 +189,31 @@ def test_sse_clients_are_served_concurrently_with_runs(server):
     for reader in readers:
         reader.join(90)
     assert ends == [True] * MAX_STREAMS
+
+
+def test_sigterm_does_not_wait_for_slow_clients(tmp_path):
+    """A client stuck sending its body holds no run back: the service stops within the cancel grace."""
+    server = Server(make_local_env(tmp_path), free_port())  # a store of its own
+    server.start()
+    status, run = server.call("POST", "/v1/runs", {"action": "sleep", "target": "local1"})
+    assert status == 202
+    wait_until(lambda: server.call("GET", f"/v1/runs/{run['id']}")[1]["status"] == "running")
+    stream = open_stream(server, run["id"])
+    port = int(server.base.rsplit(":", 1)[1])
+    stuck = socket.create_connection(("127.0.0.1", port), timeout=10)
+    stuck.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    try:
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)
+        stopped_after = time.monotonic() - started
+        lines = stream.read().decode()
+    finally:
+        stuck.close()
+    assert stopped_after < 3 + 8, stopped_after  # cancel grace 3 s, then a 2 s drain
+    assert "event: end\n" in lines and '"status": "interrupted"' in lines, lines
+    server.start()
+    try:
+        assert server.call("GET", f"/v1/runs/{run['id']}")[1]["status"] == "interrupted"
+    finally:
+        server.stop()
