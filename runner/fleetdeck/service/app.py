@@ -61,9 +61,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
 
     def finished(run: dict) -> None:
-        metrics.finished(run)
-        if hub:
+        if hub:  # first: it writes to the store, and the executor retries this when the store is full
             hub.run_finished(run)
+        metrics.finished(run)
 
     executor = Executor(
         settings, store, catalog, password_file if password_file.is_file() else None, finished

@@ -62,6 +62,7 @@ class Executor:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
+        self._stop_by: float | None = None  # when stopping: the end of the grace, also for store retries
         self.closed = False  # every run has ended (or could not be recorded): event streams say goodbye
         self._runs_dir = settings.data_dir / "runs"
         self._runs_dir.mkdir(parents=True, exist_ok=True)
@@ -106,16 +107,16 @@ class Executor:
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop every run (they end `interrupted`) and wait for their threads."""
-        self._stopping = True
-        self._wake.set()
         with self._lock:
+            self._stopping = True
+            self._stop_by = self._stop_by or time.monotonic() + self.settings.cancel_grace + grace
             pending, self._pending = list(self._pending), deque()
             for control in self._controls.values():
                 control.requested = "interrupted"
+        self._wake.set()
         for run_id in pending:
             self._finish(run_id, "interrupted", None, "runner stopped before the run started")
-        deadline = time.monotonic() + self.settings.cancel_grace + grace
-        while self._controls and time.monotonic() < deadline:
+        while self._controls and time.monotonic() < self._stop_by:
             time.sleep(0.1)
         self.closed = True
         self._notify()
@@ -329,19 +330,26 @@ class Executor:
         return summary
 
     def _finish(self, run_id: str, status: str, rc: int | None, reason: str | None) -> None:
-        self._until_stored(f"end of run {run_id}", lambda: self.store.finish_run(run_id, status, rc, reason))
+        if not self._until_stored(
+            f"end of run {run_id}", lambda: self.store.finish_run(run_id, status, rc, reason)
+        ):
+            return
         log.info("run %s finished: %s%s", run_id, status, f" ({reason})" if reason else "")
         self._notify()
         self._until_stored(f"callbacks of run {run_id}", lambda: self.on_finished(self.store.get_run(run_id)))
 
-    @staticmethod
-    def _until_stored(what: str, write) -> None:
-        """A full or failing store must not lose a run's end: retry, backing off, until it is written."""
+    def _until_stored(self, what: str, write) -> bool:
+        """A full or failing store must not lose a run's end: retry, backing off, until it is written.
+        Only a stopping runner gives up, at the end of its grace: the next start marks the run interrupted."""
         wait = STORE_RETRY[0]
         while True:
             try:
-                return write()
+                write()
+                return True
             except StoreUnavailable as exc:
+                if self._stop_by is not None and time.monotonic() > self._stop_by:
+                    log.error("runner stopping: the %s is left to the next start (%s)", what, exc)
+                    return False
                 log.error("cannot record the %s yet, retrying in %.1fs: %s", what, wait, exc)
                 time.sleep(wait)
                 wait = min(wait * 2, STORE_RETRY[1])
