@@ -99,11 +99,22 @@ def run_events(run_id: str):
         return jsonify({"events": events, "next_after": events[-1]["seq"] if len(events) == limit else None})
     last = request.headers.get("Last-Event-ID")
     after = _int_arg("Last-Event-ID", 0, 0, MAX_INT, raw=last) if last else _int_arg("after", 0, 0, MAX_INT)
-    return Response(
+    slots, token = service().streams, g.token.name
+    if not slots.take(token):
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"token {token!r} has {slots.per_token} event streams open already (FLEETDECK_RUNNER_MAX_STREAMS);"
+            " close one, or read the events as JSON pages",
+            headers={"Retry-After": "5"},
+        )
+    response = Response(
         stream_with_context(_sse(run_id, after)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.call_on_close(lambda: slots.release(token))  # the server closes every response it started
+    return response
 
 
 def _sse(run_id: str, after: int):
@@ -115,7 +126,8 @@ def _sse(run_id: str, after: int):
             # Status before events: the executor stores a run's last events before it finishes the run.
             finished = svc.store.get_run(run_id)["status"] in FINISHED
             events = svc.store.events(run_id, after, 500)
-            idle = not events and not finished and not changed.wait(SSE_KEEPALIVE)
+            closed = svc.executor.closed
+            idle = not events and not finished and not closed and not changed.wait(SSE_KEEPALIVE)
         if idle:
             yield ": keepalive\n\n"
         for event in events:
@@ -124,6 +136,9 @@ def _sse(run_id: str, after: int):
         if finished and not events:
             run = svc.store.get_run(run_id)
             yield f"event: end\ndata: {json.dumps({'status': run['status'], 'rc': run['rc']})}\n\n"
+            return
+        if closed and not events:  # the runner stopped and this run's end could not be recorded
+            yield f"event: shutdown\ndata: {json.dumps({'status': svc.store.get_run(run_id)['status']})}\n\n"
             return
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, request
 
 from fleetdeck import vault
 
@@ -16,6 +16,7 @@ from .executor import Executor, kill_leftovers
 from .hub import HubNotifier
 from .metrics import Metrics
 from .store import Store
+from .streams import StreamSlots
 
 log = logging.getLogger("fleetdeck.runner")
 
@@ -47,9 +48,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
 
     def finished(run: dict) -> None:
-        metrics.finished(run)
-        if hub:
+        if hub:  # first: it writes to the store, and the executor retries this when the store is full
             hub.run_finished(run)
+        metrics.finished(run)
 
     executor = Executor(
         settings, store, catalog, password_file if password_file.is_file() else None, finished
@@ -64,9 +65,22 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_body_bytes, TOKENS=settings.tokens, JSON_SORT_KEYS=False
     )
     app.extensions["fleetdeck"] = Service(
-        settings, store, catalog, executor, metrics, password_file if password_file.is_file() else None, hub
+        settings,
+        store,
+        catalog,
+        executor,
+        metrics,
+        password_file if password_file.is_file() else None,
+        hub,
+        StreamSlots(settings.max_streams_per_token),
     )
     errors.register(app)
+
+    @app.before_request
+    def no_intake_while_stopping():
+        if executor.stopping and request.method != "GET":
+            raise errors.ApiError(503, "shutting_down", "the runner is stopping; retry when it is back")
+
     for blueprint in (api.bp, hooks.bp, health.bp):
         app.register_blueprint(blueprint)
     return app

@@ -34,7 +34,8 @@ class Settings:
     data_dir: Path
     catalog: Path = PACKAGE_DIR / "actions.yml"
     bind: str = "127.0.0.1:8790"
-    threads: int = 16
+    connections: int = 1000
+    max_streams_per_token: int = 20
     max_concurrent_runs: int = 4
     cancel_grace: float = 10.0
     idle_timeout: float = 600.0
@@ -156,7 +157,8 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("FLEETDECK_RUNNER_DATA_DIR", "/var/lib/fleetdeck-runner")).resolve(),
         catalog=Path(env.get("FLEETDECK_CATALOG", PACKAGE_DIR / "actions.yml")).resolve(),
         bind=env.get("FLEETDECK_RUNNER_BIND", "127.0.0.1:8790"),
-        threads=number("FLEETDECK_RUNNER_THREADS", 16, int),
+        connections=number("FLEETDECK_RUNNER_CONNECTIONS", 1000, int),
+        max_streams_per_token=number("FLEETDECK_RUNNER_MAX_STREAMS", 20, int),
         max_concurrent_runs=number("FLEETDECK_RUNNER_MAX_CONCURRENT", 4, int),
         cancel_grace=number("FLEETDECK_RUNNER_CANCEL_GRACE", 10.0),
         idle_timeout=number("FLEETDECK_RUNNER_IDLE_TIMEOUT", 600.0),

@@ -13,6 +13,7 @@ from .executor import Executor
 from .hub import HubNotifier
 from .metrics import Metrics
 from .store import Store
+from .streams import StreamSlots
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Service:
     metrics: Metrics
     password_file: Path | None
     hub: HubNotifier | None
+    streams: StreamSlots
 
 
 def service() -> Service:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound
+
+from .store import StoreUnavailable
+
+log = logging.getLogger("fleetdeck.runner")
 
 # Headers of werkzeug's own errors that still mean something on a JSON answer.
 KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
@@ -27,6 +33,12 @@ class ApiError(Exception):
 
 def register(app: Flask) -> None:
     app.register_error_handler(ApiError, lambda e: e.response())
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(exc: StoreUnavailable):
+        log.error("answered 503: %s", exc)
+        message = f"the runner cannot record anything now ({exc.reason}); nothing was changed, retry later"
+        return ApiError(503, "store_unavailable", message, headers={"Retry-After": "30"}).response()
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -22,10 +22,11 @@ from . import processes
 from .catalog import Catalog
 from .config import Settings
 from .redaction import Redactor
-from .store import Store
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger("fleetdeck.runner")
 MAX_EVENT_DATA = 64 * 1024
+STORE_RETRY = (0.5, 10.0)  # first and longest wait between attempts to record a run's end in a full store
 STAT_KEYS = {
     "ok": "ok",
     "changed": "changed",
@@ -61,6 +62,8 @@ class Executor:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
+        self._stop_by: float | None = None  # when stopping: the end of the grace, also for store retries
+        self.closed = False  # every run has ended (or could not be recorded): event streams say goodbye
         self._runs_dir = settings.data_dir / "runs"
         self._runs_dir.mkdir(parents=True, exist_ok=True)
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
@@ -68,10 +71,17 @@ class Executor:
 
     # -- public --------------------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def submit(self, run_id: str) -> None:
         with self._lock:
-            self._pending.append(run_id)
-        self._wake.set()
+            if not self._stopping:
+                self._pending.append(run_id)
+                self._wake.set()
+                return
+        self._finish(run_id, "interrupted", None, "runner stopped before the run started")
 
     def cancel(self, run_id: str) -> bool:
         """Ask a queued, waiting or running run to stop; False when it is not active here."""
@@ -97,17 +107,19 @@ class Executor:
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop every run (they end `interrupted`) and wait for their threads."""
-        self._stopping = True
-        self._wake.set()
         with self._lock:
+            self._stopping = True
+            self._stop_by = self._stop_by or time.monotonic() + self.settings.cancel_grace + grace
             pending, self._pending = list(self._pending), deque()
             for control in self._controls.values():
                 control.requested = "interrupted"
+        self._wake.set()
         for run_id in pending:
             self._finish(run_id, "interrupted", None, "runner stopped before the run started")
-        deadline = time.monotonic() + self.settings.cancel_grace + grace
-        while self._controls and time.monotonic() < deadline:
+        while self._controls and time.monotonic() < self._stop_by:
             time.sleep(0.1)
+        self.closed = True
+        self._notify()
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -115,20 +127,24 @@ class Executor:
         while not self._stopping:
             self._wake.wait(1.0)
             self._wake.clear()
-            with self._lock:
-                for run_id in list(self._pending):
-                    if len(self._controls) >= self.settings.max_concurrent_runs:
-                        break
-                    run = self.store.get_run(run_id)
-                    if run["status"] == "waiting":
-                        if self.store.try_acquire(run_id, run["instances"]):
-                            continue
-                        self.store.update_run(run_id, status="queued")
-                    self._pending.remove(run_id)
-                    self._controls[run_id] = Control()
-                    threading.Thread(
-                        target=self._execute, args=(run,), name=f"run-{run_id}", daemon=True
-                    ).start()
+            try:
+                self._start_pending()
+            except StoreUnavailable as exc:  # the queue stays as it is; tried again on the next wake-up
+                log.error("cannot start queued runs: %s", exc)
+
+    def _start_pending(self) -> None:
+        with self._lock:
+            for run_id in list(self._pending):
+                if len(self._controls) >= self.settings.max_concurrent_runs:
+                    break
+                run = self.store.get_run(run_id)
+                if run["status"] == "waiting":
+                    if self.store.try_acquire(run_id, run["instances"]):
+                        continue
+                    self.store.update_run(run_id, status="queued")
+                self._pending.remove(run_id)
+                self._controls[run_id] = Control()
+                threading.Thread(target=self._execute, args=(run,), name=f"run-{run_id}", daemon=True).start()
 
     # -- one run -------------------------------------------------------------------------------
 
@@ -202,12 +218,20 @@ class Executor:
             cancel_callback=lambda: self._should_kill(run_id, control, action.timeout),
         )
         hosts: dict = {}
+        unstored: list[dict] = []  # events the store could not take yet (disk full), tried again
         while thread.is_alive() or not events.empty():
             batch = self._drain(events)
             if batch:
                 control.last_event = time.monotonic()
-                hosts = self._store_events(run_id, batch, redactor) or hosts
+                hosts = self._store_events(run_id, batch, redactor, unstored) or hosts
         thread.join()
+        if unstored:
+
+            def store_the_rest():
+                self.store.add_events(run_id, unstored)
+                self.store.update_run(run_id, hosts=hosts)
+
+            self._until_stored(f"events of run {run_id}", store_the_rest)
         if control.stop_reason:
             status = (
                 "canceled"
@@ -252,7 +276,9 @@ class Executor:
                 break
         return batch
 
-    def _store_events(self, run_id: str, batch: list[dict], redactor: Redactor) -> dict | None:
+    def _store_events(
+        self, run_id: str, batch: list[dict], redactor: Redactor, unstored: list[dict]
+    ) -> dict | None:
         rows, hosts = [], None
         for event in batch:
             data = event.get("event_data", {})
@@ -274,9 +300,14 @@ class Executor:
             )
             if event.get("event") == "playbook_on_stats":
                 hosts = self._host_summary(data)
-        self.store.add_events(run_id, rows)
-        if hosts is not None:
-            self.store.update_run(run_id, hosts=hosts)
+        unstored.extend(rows)
+        try:
+            self.store.add_events(run_id, unstored)
+            unstored.clear()
+            if hosts is not None:
+                self.store.update_run(run_id, hosts=hosts)
+        except StoreUnavailable as exc:
+            log.warning("run %s: %d event(s) wait in memory for the store: %s", run_id, len(unstored), exc)
         self._notify()
         return hosts
 
@@ -299,10 +330,29 @@ class Executor:
         return summary
 
     def _finish(self, run_id: str, status: str, rc: int | None, reason: str | None) -> None:
-        self.store.finish_run(run_id, status, rc, reason)
+        if not self._until_stored(
+            f"end of run {run_id}", lambda: self.store.finish_run(run_id, status, rc, reason)
+        ):
+            return
         log.info("run %s finished: %s%s", run_id, status, f" ({reason})" if reason else "")
         self._notify()
-        self.on_finished(self.store.get_run(run_id))
+        self._until_stored(f"callbacks of run {run_id}", lambda: self.on_finished(self.store.get_run(run_id)))
+
+    def _until_stored(self, what: str, write) -> bool:
+        """A full or failing store must not lose a run's end: retry, backing off, until it is written.
+        Only a stopping runner gives up, at the end of its grace: the next start marks the run interrupted."""
+        wait = STORE_RETRY[0]
+        while True:
+            try:
+                write()
+                return True
+            except StoreUnavailable as exc:
+                if self._stop_by is not None and time.monotonic() > self._stop_by:
+                    log.error("runner stopping: the %s is left to the next start (%s)", what, exc)
+                    return False
+                log.error("cannot record the %s yet, retrying in %.1fs: %s", what, wait, exc)
+                time.sleep(wait)
+                wait = min(wait * 2, STORE_RETRY[1])
 
     def _notify(self) -> None:
         with self.changed:

@@ -3,8 +3,10 @@ an append-only audit trail. One connection guarded by a lock: writes are small a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,6 +49,18 @@ RUN_COLUMNS = (
 )
 
 
+# SQLite result codes that mean the store's files cannot be written now (disk full, I/O error, read-only).
+UNWRITABLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be written (or opened); `reason` says why, e.g. `database or disk is full`."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"store {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
 class LeaseConflict(Exception):
     def __init__(self, instance: str, holder: str):
         super().__init__(f"instance {instance} is leased by run {holder}")
@@ -68,27 +82,70 @@ def _run_row(row: tuple) -> dict:
     return run
 
 
+def _check_dir(directory: Path) -> None:
+    """The runs' data dirs live beside the database: the directory itself must take new files."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except FileExistsError:
+        raise StoreUnavailable(directory, "not a directory") from None
+    except OSError as exc:
+        raise StoreUnavailable(directory, f"cannot create files: {exc.strerror}") from None
+
+
 class Store:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        """Open (or create) the store and prove it writable; StoreUnavailable names the path and the reason."""
+        self.path = path
         self._lock = threading.RLock()
-        with self._lock:
+        _check_dir(path.parent)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-        path.chmod(0o600)
+            self._db.execute("PRAGMA user_version = 1")  # a write: a read-only store fails here, not later
+            path.chmod(0o600)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(path, str(exc)) from None
+        except OSError as exc:
+            raise StoreUnavailable(path, exc.strerror or str(exc)) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn 'cannot write now' SQLite errors into StoreUnavailable (callers answer 503 or retry)."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in UNWRITABLE:  # extended codes keep the primary's
+                raise StoreUnavailable(self.path, str(exc)) from exc
+            raise
 
     def _tx(self, fn):
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(self._db)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLITE_FULL has rolled it back already
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             return result
+
+    def _write(self, sql: str, args=(), many: bool = False) -> None:
+        with self._lock, self._writing():
+            (self._db.executemany if many else self._db.execute)(sql, args)
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -171,9 +228,8 @@ class Store:
         if "hosts" in fields:
             fields["hosts"] = json.dumps(fields["hosts"])
         assignments = ", ".join(f"{k} = ?" for k in fields)
-        with self._lock:
-            # Field names come from the executor's code, never from a request.
-            self._db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id))  # noqa: S608
+        # Field names come from the executor's code, never from a request.
+        self._write(f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id))  # noqa: S608
 
     def finish_run(self, run_id: str, status: str, rc: int | None, reason: str | None) -> None:
         """Final status and lease release together, so a finished run never holds an instance."""
@@ -228,23 +284,23 @@ class Store:
     # -- events --------------------------------------------------------------------------------
 
     def add_events(self, run_id: str, events: list[dict]) -> None:
-        with self._lock:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        run_id,
-                        e["seq"],
-                        e["type"],
-                        e.get("host"),
-                        e.get("task"),
-                        e.get("created"),
-                        e["stdout"],
-                        json.dumps(e["data"]),
-                    )
-                    for e in events
-                ],
-            )
+        self._write(
+            "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)",
+            [
+                (
+                    run_id,
+                    e["seq"],
+                    e["type"],
+                    e.get("host"),
+                    e.get("task"),
+                    e.get("created"),
+                    e["stdout"],
+                    json.dumps(e["data"]),
+                )
+                for e in events
+            ],
+            many=True,
+        )
 
     def events(self, run_id: str, after: int, limit: int) -> list[dict]:
         rows = self._query(
@@ -280,27 +336,22 @@ class Store:
         return self._tx(record)
 
     def link_hook_delivery(self, delivery: str, run_id: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE hook_deliveries SET run_id = ? WHERE delivery = ?", (run_id, delivery))
+        self._write("UPDATE hook_deliveries SET run_id = ? WHERE delivery = ?", (run_id, delivery))
 
     def add_callback(self, callback_id: str, run_id: str, url: str, body: str) -> None:
         now = time.time()
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO callbacks (id, run_id, url, body, state, created, updated) "
-                "VALUES (?,?,?,?,'pending',?,?)",
-                (callback_id, run_id, url, body, now, now),
-            )
+        self._write(
+            "INSERT INTO callbacks (id, run_id, url, body, state, created, updated) VALUES (?,?,?,?,'pending',?,?)",
+            (callback_id, run_id, url, body, now, now),
+        )
 
     def update_callback(
         self, callback_id: str, state: str, attempts: int, status: int | None, error: str | None
     ) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE callbacks SET state = ?, attempts = ?, last_status = ?, last_error = ?, "
-                "updated = ? WHERE id = ?",
-                (state, attempts, status, error, time.time(), callback_id),
-            )
+        self._write(
+            "UPDATE callbacks SET state = ?, attempts = ?, last_status = ?, last_error = ?, updated = ? WHERE id = ?",
+            (state, attempts, status, error, time.time(), callback_id),
+        )
 
     def callbacks(self, state: str | None = None, run_id: str | None = None) -> list[dict]:
         rows = self._query(
@@ -321,7 +372,7 @@ class Store:
         )
 
     def audit(self, actor: str, what: str, run_id: str | None, detail: dict) -> None:
-        with self._lock:
+        with self._lock, self._writing():
             self._audit(self._db, actor, what, run_id, detail)
 
     def audit_trail(self, run_id: str) -> list[dict]:
