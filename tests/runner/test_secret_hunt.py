@@ -256,6 +256,7 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(fleet, tmp_path):
             names = {e.split(b"=", 1)[0] for e in environ.split(b"\0") if e}
             assert not {n for n in names if n.startswith(b"FLEETDECK_RUNNER_")}, (pid, names)
             assert b"FLEETDECK_HOOK_SECRET_FILE" not in names and b"FLEETDECK_HUB_SECRET" not in names
+            assert b"ANSIBLE_HOST_KEY_CHECKING=False" not in environ, "ansible.cfg checks host keys"
             leaked = [what for what, value in service_secrets.items() if value.encode() in environ]
             assert not leaked, f"process {pid} of a run has {leaked} in its environment"
         assert session.call("POST", f"/v1/runs/{canceled}/cancel")[0] == 202

@@ -242,8 +242,9 @@ class Executor:
             events.put(event)
             return False  # raw events would hold unredacted text on disk
 
-        # ansible_runner.run_async without its defaults that leak: the environment is cut down to the
-        # allowlist after ansible-runner seeded it with the service's, and facts are not cached on disk.
+        # ansible_runner.run_async without its risky defaults: the environment is cut down to the allowlist
+        # after ansible-runner seeded it with the service's, facts are not cached on disk, and host keys
+        # are checked as ansible.cfg says (ansible-runner's StrictHostKeyChecking=no would win over it).
         config = RunnerConfig(
             private_data_dir=str(private),
             project_dir=str(project),
@@ -260,6 +261,8 @@ class Executor:
         )
         config.prepare()
         config.env = child_env(config.env)
+        if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:  # ansible-runner turns it off; ansible.cfg decides
+            config.env.pop("ANSIBLE_HOST_KEY_CHECKING", None)
         runner = Runner(
             config,
             event_handler=event_handler,
