@@ -1,9 +1,12 @@
 """Inventory -> deploy -> configure on 2 real hosts: healthy, idempotent, honest in check mode, no leaks."""
 
+import secrets
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
+from fleetdeck import vault
 
 from tests.deployment import Deployment
 
@@ -66,6 +69,23 @@ def test_configure_previews_then_restarts_only_the_changed_instance(deployment):
     assert after["inst1"] != pids["inst1"]
     assert after["inst2"] == pids["inst2"]
     assert deployment.playbook("configure.yml").changed() == dict.fromkeys(deployment.instances, 0)
+
+
+def test_configure_preview_of_a_changed_secret_shows_neither_value(deployment):
+    instance = next(iter(deployment.instances))
+    vault_file = deployment.inventory / "host_vars" / instance / "vault.yml"
+    password = vault.read_password(Path(deployment.env["FLEETDECK_VAULT_PASSWORD_FILE"]))
+    original = vault_file.read_bytes()
+    values = vault.decrypt_file(vault_file, password)
+    old, new = values["vault_app_api_token"], secrets.token_urlsafe(36)
+    vault.encrypt_file(vault_file, {**values, "vault_app_api_token": new}, password)
+    try:
+        preview = deployment.playbook("configure.yml", "--check", "--diff")
+    finally:
+        vault_file.write_bytes(original)
+    assert preview.rc == 0, preview.output
+    assert preview.changed()[instance] > 0, "the secrets file would change: check mode must say so"
+    assert old not in preview.output and new not in preview.output
 
 
 def test_vault_files_are_encrypted_and_private(deployment):

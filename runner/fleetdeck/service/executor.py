@@ -1,8 +1,10 @@
 """Runs catalog actions with ansible-runner: a dispatcher that honours leases and the concurrency limit,
-one fresh private data dir per run, SIGTERM-grace-SIGKILL for cancel and timeouts."""
+one fresh private data dir per run (scrubbed when the run ends), an allowlisted environment for
+ansible-playbook, SIGTERM-grace-SIGKILL for cancel and timeouts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ansible_runner
+from ansible_runner import Runner, RunnerConfig
 
 from . import processes
 from .catalog import Catalog
@@ -36,6 +38,59 @@ STAT_KEYS = {
     "rescued": "rescued",
     "ignored": "ignored",
 }
+# What of the service's environment a run's ansible-playbook gets: an allowlist, so that the service's
+# tokens, HMAC secrets (and their *_FILE paths) and whatever else its environment holds stay out of the
+# run, of its /proc/<pid>/environ and of ansible-runner's `command` artifact.
+CHILD_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "SSH_AUTH_SOCK",
+        "XDG_CONFIG_HOME",
+        "VIRTUAL_ENV",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "FLEETDECK_AUDIT_LOG",
+        "FLEETDECK_BACKUP_STORE",
+        "FLEETDECK_VAULT_PASSWORD_FILE",
+        "FLEETDECK_RUN_SOURCE",
+        "FLEETDECK_OPERATOR",
+        # set by ansible-runner: where its event callback drops partial event data, the original callback
+        "AWX_ISOLATED_DATA_DIR",
+        "ORIGINAL_STDOUT_CALLBACK",
+    }
+)
+CHILD_ENV_PREFIXES = ("ANSIBLE_", "LC_")
+# ansible-runner's artifacts kept after a run (its command line with the allowlisted environment, its
+# status and rc). Everything else goes: partial job events a killed run leaves behind hold raw output.
+KEPT_ARTIFACTS = frozenset({"command", "status", "rc"})
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k in CHILD_ENV or k.startswith(CHILD_ENV_PREFIXES)}
+
+
+def scrub(private: Path) -> None:
+    """Delete all of a run's private data dir but KEPT_ARTIFACTS."""
+    artifacts = private / "artifacts" / "artifacts"
+    for path in sorted(private.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.parent == artifacts and path.name in KEPT_ARTIFACTS:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):  # not empty: it holds a kept artifact
+                path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -66,6 +121,8 @@ class Executor:
         self.closed = False  # every run has ended (or could not be recorded): event streams say goodbye
         self._runs_dir = settings.data_dir / "runs"
         self._runs_dir.mkdir(parents=True, exist_ok=True)
+        for private in self._runs_dir.iterdir():  # runs a crash cut short were never scrubbed
+            scrub(private)
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
         self._dispatcher.start()
 
@@ -154,7 +211,11 @@ class Executor:
         status, rc, reason = "error", None, None
         try:
             action = self.catalog.actions[run["action"]]
-            redactor = Redactor.from_inventory(self.settings.inventory, self.password_file)
+            redactor = Redactor.from_inventory(
+                self.settings.inventory,
+                self.password_file,
+                also=(self.settings.hook_secret, self.settings.hub_secret),
+            )
             self.store.update_run(run_id, status="running", started=time.time())
             self._notify()
             status, rc, reason = self._run_playbook(run, action, redactor, control)
@@ -163,6 +224,7 @@ class Executor:
             reason = f"runner error: {type(exc).__name__}"
         finally:
             processes.stop_run(run_id, 0)  # nothing of a finished run may survive it
+            scrub(self._runs_dir / run_id)
             with self._lock:
                 self._controls.pop(run_id, None)
             self._finish(run_id, status, rc, reason)
@@ -202,7 +264,10 @@ class Executor:
             events.put(event)
             return False  # raw events would hold unredacted text on disk
 
-        thread, runner = ansible_runner.run_async(
+        # ansible_runner.run_async without its risky defaults: the environment is cut down to the allowlist
+        # after ansible-runner seeded it with the service's, facts are not cached on disk, and host keys
+        # are checked as ansible.cfg says (ansible-runner's StrictHostKeyChecking=no would win over it).
+        config = RunnerConfig(
             private_data_dir=str(private),
             project_dir=str(project),
             playbook=str(project / action.playbook),
@@ -214,9 +279,19 @@ class Executor:
             suppress_env_files=True,
             quiet=True,
             ident="artifacts",
+            fact_cache_type="memory",
+        )
+        config.prepare()
+        config.env = child_env(config.env)
+        if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:  # ansible-runner turns it off; ansible.cfg decides
+            config.env.pop("ANSIBLE_HOST_KEY_CHECKING", None)
+        runner = Runner(
+            config,
             event_handler=event_handler,
             cancel_callback=lambda: self._should_kill(run_id, control, action.timeout),
         )
+        thread = threading.Thread(target=runner.run, name=f"ansible-runner-{run_id}", daemon=True)
+        thread.start()
         hosts: dict = {}
         unstored: list[dict] = []  # events the store could not take yet (disk full), tried again
         while thread.is_alive() or not events.empty():
@@ -291,8 +366,8 @@ class Executor:
                 {
                     "seq": event.get("counter", 0),
                     "type": event.get("event", "verbose"),
-                    "host": data.get("host"),
-                    "task": data.get("task"),
+                    "host": kept.get("host"),
+                    "task": kept.get("task"),  # a templated task name can hold a secret
                     "created": event.get("created"),
                     "stdout": redactor.text(event.get("stdout", "")),
                     "data": json.loads(json.dumps(kept, default=str)),

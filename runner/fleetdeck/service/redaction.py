@@ -1,23 +1,38 @@
-"""Safety net behind no_log: mask every vault value of the inventory in event text before it is stored.
+"""Safety net behind no_log: mask every secret the runner knows in event text before it is stored.
 
-Which values: every string leaf of a whole-file vault (`$ANSIBLE_VAULT;...`) and every inline `!vault`
+Which secrets: every string leaf of a whole-file vault (`$ANSIBLE_VAULT;...`) and every inline `!vault`
 value in the YAML files of the inventory (host_vars/, group_vars/ and the inventory file itself),
-decrypted with ansible's VaultLib (via fleetdeck.vault) and the runner's vault password file.
+decrypted with ansible's VaultLib (via fleetdeck.vault) and the runner's vault password file; the vault
+password itself; and the secrets the caller adds (the service's HMAC secrets).
 All hosts' values, not only the targeted ones: a play can read another host's hostvars.
+
+Each secret is masked as a whole and, when it spans several lines (a private key), line by line, in
+the forms a task is likely to print it: as is, JSON-escaped (once and twice), URL-encoded, and base64
+(standard and urlsafe alphabets, at each of the three byte alignments inside a longer encoded text).
 In addition, the value of any key named `vault_*` in structured event data is masked, whatever it holds.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import yaml
 
 from fleetdeck import vault
 
 MASK = "********"
-MIN_LENGTH = 4  # shorter values would mask ordinary words; vault values that short are not secrets
+MIN_LENGTH = 4  # shorter values (and encoded forms) would mask ordinary words; such values are not secrets
+# A line of a multi-line value is masked on its own from this length on: the lines of keys and
+# certificates are 64-76 characters, while short lines (`}`, `[section]`, `user: app`) are common words.
+MIN_LINE_LENGTH = 12
+# The armor lines of PEM and OpenSSH keys are the same in every key: public, and masking them would
+# only hide which kind of key a (masked) output held.
+_ARMOR = re.compile(r"-----(BEGIN|END) [A-Z0-9 ]+-----")
 
 
 class _VaultTagLoader(yaml.SafeLoader):
@@ -40,19 +55,58 @@ def _strings(value) -> list[str]:
     return [str(value)] if isinstance(value, str | int | float) and not isinstance(value, bool) else []
 
 
+def _pieces(secret: str) -> set[str]:
+    """The secret, trimmed, and each long enough line of it that is not key armor."""
+    pieces = {secret, secret.strip()}
+    lines = [line.strip() for line in secret.strip().splitlines()]
+    if len(lines) > 1:
+        pieces |= {line for line in lines if len(line) >= MIN_LINE_LENGTH and not _ARMOR.fullmatch(line)}
+    return pieces
+
+
+def _base64_cores(raw: bytes) -> set[str]:
+    """Base64 characters that encode only bytes of `raw`, wherever `raw` starts inside an encoded text."""
+    cores = set()
+    for offset in range(3):
+        first, end = -(-offset * 8 // 6), (offset + len(raw)) * 8 // 6  # whole 6-bit groups inside raw
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            cores.add(encode(b"\0" * offset + raw).decode()[first:end])
+    return cores
+
+
+def forms(piece: str) -> set[str]:
+    """The texts under which `piece` can appear in output."""
+    once = json.dumps(piece)[1:-1]
+    found = {
+        piece,
+        once,
+        json.dumps(piece, ensure_ascii=False)[1:-1],
+        json.dumps(once)[1:-1],
+        quote(piece, safe=""),
+        quote(piece),
+        quote_plus(piece),
+    }
+    return found | _base64_cores(piece.encode())
+
+
 class Redactor:
-    def __init__(self, values: set[str]):
-        values = {v for v in values if len(v) >= MIN_LENGTH}
-        pattern = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+    def __init__(self, secrets: Iterable[str]):
+        needles = {f for s in secrets if len(s) >= MIN_LENGTH for p in _pieces(s) for f in forms(p)}
+        needles = {n for n in needles if len(n) >= MIN_LENGTH}
+        # Longest first: a secret that contains another one is masked as a whole.
+        pattern = "|".join(re.escape(n) for n in sorted(needles, key=len, reverse=True))
         self._pattern = re.compile(pattern) if pattern else None
 
     @classmethod
-    def from_inventory(cls, inventory: Path, password_file: Path | None) -> Redactor:
+    def from_inventory(
+        cls, inventory: Path, password_file: Path | None, also: Iterable[str | None] = ()
+    ) -> Redactor:
+        values = {s for s in also if s}
         if password_file is None or not password_file.is_file():
-            return cls(set())
+            return cls(values)
         password = vault.read_password(password_file)
+        values.add(password.decode())
         root = inventory if inventory.is_dir() else inventory.parent
-        values: set[str] = set()
         for path in sorted(root.rglob("*")):
             if not path.is_file() or path.suffix not in ("", ".yml", ".yaml", ".json"):
                 continue
@@ -78,10 +132,10 @@ class Redactor:
         return self._pattern.sub(MASK, value) if self._pattern and value else value
 
     def data(self, value):
-        """A copy of JSON-like data with vault values masked and every `vault_*` key's value masked."""
+        """A copy of JSON-like data with secrets masked (in keys too) and every `vault_*` key's value masked."""
         if isinstance(value, dict):
             return {
-                k: MASK if isinstance(k, str) and k.startswith("vault_") else self.data(v)
+                self.data(k): MASK if isinstance(k, str) and k.startswith("vault_") else self.data(v)
                 for k, v in value.items()
             }
         if isinstance(value, list):
