@@ -3,10 +3,7 @@ test_startup)."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.request

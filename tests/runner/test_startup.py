@@ -106,7 +106,7 @@ RULES = [
     ("secret-file", {"FLEETDECK_HOOK_SECRET_FILE": "/nonexistent/hook-secret"}, "cannot read /nonexistent/hook-secret"),
     ("hub-secret", {"FLEETDECK_HUB_URL": "http://127.0.0.1:9/x"}, "without FLEETDECK_HUB_SECRET"),
     ("inventory", {"FLEETDECK_INVENTORY": None}, "FLEETDECK_INVENTORY is not set"),
-    ("numbers", {"FLEETDECK_RUNNER_THREADS": "many"}, "FLEETDECK_RUNNER_THREADS: not a number"),
+    ("numbers", {"FLEETDECK_RUNNER_CONNECTIONS": "many"}, "FLEETDECK_RUNNER_CONNECTIONS: not a number"),
     ("numbers", {"FLEETDECK_RUNNER_MAX_CONCURRENT": "0"}, "FLEETDECK_RUNNER_MAX_CONCURRENT: must be a positive"),
     ("numbers", {"FLEETDECK_RUNNER_CANCEL_GRACE": "nan"}, "FLEETDECK_RUNNER_CANCEL_GRACE: must be a positive"),
     ("numbers", {"FLEETDECK_HOOK_WINDOW": "inf"}, "FLEETDECK_HOOK_WINDOW: must be a positive"),
