@@ -62,7 +62,7 @@ def run_playbook(tmp_path, text, *args, name="upgrade.yml", env=None, wait=True)
     if not wait:
         return subprocess.Popen(cmd, env=full_env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
 
 
 def read_log(path):

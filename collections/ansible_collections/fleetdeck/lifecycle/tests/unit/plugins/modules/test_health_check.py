@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from module_runner import run_module
+from ansible_collections.fleetdeck.lifecycle.tests.unit.plugins.modules.utils import COLLECTIONS_PATH, run_module
 
-COLLECTION = Path(__file__).resolve().parents[4]
-COLLECTIONS_PATH = COLLECTION.parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -161,7 +159,7 @@ def test_runs_in_check_mode_through_ansible(server, tmp_path):
         [str(BIN / "ansible"), "localhost", "-c", "local", "--check",
          "-e", f"ansible_python_interpreter={sys.executable}",
          "-m", "fleetdeck.lifecycle.health_check", "-a", args],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout.split("=>", 1)[1])
