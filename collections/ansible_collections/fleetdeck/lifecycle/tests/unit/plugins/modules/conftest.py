@@ -1,7 +1,7 @@
 """Fixtures for the module tests."""
 
 import pytest
-from ansible_collections.fleetdeck.lifecycle.tests.unit.plugins.modules.utils import ScriptedServer
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import ScriptedServer
 
 
 @pytest.fixture

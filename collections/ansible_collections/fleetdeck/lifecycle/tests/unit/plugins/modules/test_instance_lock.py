@@ -4,7 +4,7 @@ import json
 import os
 import time
 
-from ansible_collections.fleetdeck.lifecycle.tests.unit.plugins.modules.utils import run_module
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import run_module
 
 
 def lock(path, **args):

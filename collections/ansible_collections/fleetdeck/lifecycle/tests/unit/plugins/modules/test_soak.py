@@ -2,7 +2,7 @@
 
 import json
 
-from ansible_collections.fleetdeck.lifecycle.tests.unit.plugins.modules.utils import run_module
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import run_module
 
 HEALTHY = {"status": "ok", "version": "1.1.0"}
 

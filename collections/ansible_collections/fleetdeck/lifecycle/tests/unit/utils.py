@@ -1,4 +1,5 @@
-"""Helpers for module tests: a scripted local HTTP server and a way to run a module file for real."""
+"""Helpers for the unit tests: a scripted local HTTP server, a way to run a module file for real, and the
+environment for running the ansible CLIs on this collection."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-COLLECTION = Path(__file__).resolve().parents[4]
+COLLECTION = Path(__file__).resolve().parents[2]
 COLLECTIONS_PATH = COLLECTION.parents[2]
 
 
@@ -72,3 +73,12 @@ def run_module(name, **args):
         capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=path), check=False,
     )
     return proc.returncode, json.loads(proc.stdout)
+
+
+def cli_env(**extra):
+    """os.environ with this collection on the collections path, plus `extra`.
+
+    Without PYTHONPATH: ansible-test units puts a modules-only copy of ansible there, which the CLIs cannot run from.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return dict(env, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH), **extra)
