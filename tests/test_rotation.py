@@ -1,4 +1,4 @@
-"""rotate-secrets.yml on real hosts (overlap, revocation, database password, rollback on a failed
+"""rotate_secrets.yml on real hosts (overlap, revocation, database password, rollback on a failed
 verification) and the controller-side vault writer it uses (runner/fleetdeck/vault_update.py)."""
 
 import json
@@ -118,7 +118,7 @@ def db_login(deployment, instance, password) -> bool:
 
 def test_rotation_of_every_secret_in_batches(deployment):
     old = vaults(deployment)
-    result = deployment.playbook("rotate-secrets.yml", "-e", '{"fleetdeck_serial": [1, 2]}')
+    result = deployment.playbook("rotate_secrets.yml", "-e", '{"fleetdeck_serial": [1, 2]}')
     assert result.rc == 0, result.output
     new = vaults(deployment)
     today = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -150,9 +150,9 @@ def test_rotation_of_every_secret_in_batches(deployment):
 def test_failed_verification_leaves_the_old_working_secrets(deployment):
     before = vaults(deployment)
     pool = ThreadPoolExecutor(2)
-    token = pool.submit(deployment.playbook, "rotate-secrets.yml", "--limit", "inst3", "-e", "secrets=app_api_token",
+    token = pool.submit(deployment.playbook, "rotate_secrets.yml", "--limit", "inst3", "-e", "secrets=app_api_token",
                         "-e", "secrets_rotation_whoami_url=http://127.0.0.1:8080/no-such-endpoint")
-    password = pool.submit(deployment.playbook, "rotate-secrets.yml", "--limit", "inst2",
+    password = pool.submit(deployment.playbook, "rotate_secrets.yml", "--limit", "inst2",
                            "-e", "secrets=app_db_password",
                            "-e", "secrets_rotation_health_url=http://127.0.0.1:8080/no-such-endpoint")
     token, password = token.result(), password.result()
@@ -173,5 +173,5 @@ def test_failed_verification_leaves_the_old_working_secrets(deployment):
 
 
 def test_unknown_secret_is_refused(deployment):
-    result = deployment.playbook("rotate-secrets.yml", "--limit", "inst1", "-e", "secrets=nope")
+    result = deployment.playbook("rotate_secrets.yml", "--limit", "inst1", "-e", "secrets=nope")
     assert result.rc != 0 and "secrets to rotate must be catalog names" in result.output
