@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from fleetdeck import catalog, vault, vault_update
+from fleetdeck import secrets_catalog, vault, vault_update
 from fleetdeck.errors import FleetdeckError, Refused
 
 from tests.deployment import Deployment
@@ -31,7 +31,7 @@ def env(tmp_path):
     password = b"unit-test-password"
     vault.encrypt_file(env / "host_vars" / "acme" / "vault.yml",
                        {"vault_app_api_token": "old-token-0123456789", "vault_app_db_password": "old-pw-0123456789",
-                        catalog.ROTATED_AT: {"app_api_token": "2020-01-01T00:00:00Z",
+                        secrets_catalog.ROTATED_AT: {"app_api_token": "2020-01-01T00:00:00Z",
                                              "app_db_password": "2020-01-01T00:00:00Z"}}, password)
     return env, password
 
@@ -40,7 +40,7 @@ def test_generate_follows_the_catalog(env):
     path, _ = env
     token = vault_update.generate(path, "app_api_token")
     password = vault_update.generate(path, "app_db_password")
-    assert len(token) == 48 and set(token) <= set(catalog.ALPHABETS["urlsafe"])
+    assert len(token) == 48 and set(token) <= set(secrets_catalog.ALPHABETS["urlsafe"])
     assert len(password) == 32 and password.isalnum()
     with pytest.raises(Refused, match="not in the secret catalog"):
         vault_update.generate(path, "nope")
@@ -55,7 +55,7 @@ def test_set_is_a_stamped_compare_and_swap(env):
     data = vault.decrypt_file(file, password)
     assert data["vault_app_api_token"] == "new-token-0123456789"
     assert data["vault_app_db_password"] == "old-pw-0123456789"
-    assert data[catalog.ROTATED_AT] == {"app_api_token": "2026-01-02T03:04:05Z",
+    assert data[secrets_catalog.ROTATED_AT] == {"app_api_token": "2026-01-02T03:04:05Z",
                                         "app_db_password": "2020-01-01T00:00:00Z"}
     assert stat.S_IMODE(file.stat().st_mode) == 0o600
     assert not [p for p in file.parent.iterdir() if p.name != "vault.yml"]  # no temporary file left
@@ -68,7 +68,7 @@ def test_set_is_a_stamped_compare_and_swap(env):
     # A rollback puts the old value and its old stamp back.
     vault_update.set_secret(path, "acme", "app_api_token", "new-token-0123456789", "old-token-0123456789",
                             password, rotated_at="2020-01-01T00:00:00Z")
-    assert vault.decrypt_file(file, password)[catalog.ROTATED_AT]["app_api_token"] == "2020-01-01T00:00:00Z"
+    assert vault.decrypt_file(file, password)[secrets_catalog.ROTATED_AT]["app_api_token"] == "2020-01-01T00:00:00Z"
 
 
 def test_command_line_reads_values_from_stdin_only(env, tmp_path):
@@ -125,7 +125,7 @@ def test_rotation_of_every_secret_in_batches(deployment):
     for instance in deployment.instances:
         for name in ("app_api_token", "app_db_password"):
             assert new[instance][f"vault_{name}"] != old[instance][f"vault_{name}"]
-            assert new[instance][catalog.ROTATED_AT][name].startswith(today)
+            assert new[instance][secrets_catalog.ROTATED_AT][name].startswith(today)
         health = deployment.health(instance)
         assert health["status"] == "ok" and health["database"] == "reachable"
         assert answers(deployment, instance, new[instance]["vault_app_api_token"]) == "200"
