@@ -34,7 +34,7 @@ def test_second_deploy_changes_nothing(deployment):
 
 
 def test_install_dependencies_on_a_deployed_fleet_changes_nothing(deployment):
-    result = deployment.playbook("dependencies.yml")
+    result = deployment.playbook("install_dependencies.yml")
     assert result.rc == 0, result.output
     assert result.changed() == dict.fromkeys(deployment.instances, 0)
     assert "Install the app's system packages" in result.output
@@ -95,7 +95,7 @@ def test_vault_files_are_encrypted_and_private(deployment):
 
 
 def test_smoke_reports_a_healthy_table(deployment):
-    result = deployment.playbook("smoke.yml")
+    result = deployment.playbook("smoke_check.yml")
     assert result.rc == 0, result.output
     for instance, address in deployment.instances.items():
         assert f"{instance:<16} {address:<15} healthy     1.0.0" in result.output

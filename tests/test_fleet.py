@@ -41,7 +41,7 @@ def test_host_keys_are_checked(fleet, tmp_path):
 
 
 def test_smoke_playbook_reports_every_host(fleet):
-    result = ansible_playbook("smoke.yml", fleet.inventory, env=fleet.ansible_env())
+    result = ansible_playbook("smoke_check.yml", fleet.inventory, env=fleet.ansible_env())
     assert result.rc == 0, result.output
     for host in fleet.hosts:
         assert result.recap[host.name]["failed"] == 0

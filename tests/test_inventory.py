@@ -18,7 +18,7 @@ import yaml
 from tests.playbook import BIN, REPO
 
 sys.path.insert(0, str(REPO / "runner"))
-from fleetdeck import catalog, inventory, rekey, scaffold, vault
+from fleetdeck import inventory, rekey, scaffold, secrets_catalog, vault
 from fleetdeck.errors import FleetdeckError
 
 FLEET_SIZE = 2
@@ -165,11 +165,11 @@ def test_vault_file_is_encrypted_private_and_readable_by_ansible(env, password_f
     view = subprocess.run([str(BIN / "ansible-vault"), "view", "--vault-id", f"fleetdeck@{password_file}",
                            str(path)], capture_output=True, text=True, cwd=tmp_path, check=True)
     values = yaml.safe_load(view.stdout)
-    for secret in catalog.load(env):
+    for secret in secrets_catalog.load(env):
         value = values[secret.vault_var]
         assert len(value) == secret.length
-        assert set(value) <= set(catalog.ALPHABETS[secret.alphabet])
-        assert values[catalog.ROTATED_AT][secret.name].endswith("Z")
+        assert set(value) <= set(secrets_catalog.ALPHABETS[secret.alphabet])
+        assert values[secrets_catalog.ROTATED_AT][secret.name].endswith("Z")
     assert values != vault.decrypt_file(env / "host_vars/globex/vault.yml", vault.read_password())
 
 
@@ -300,7 +300,7 @@ def test_secret_age_shows_ages_but_no_values(env, password_file):
     password = password_file.read_bytes().strip()
     path = env / "host_vars/globex/vault.yml"
     variables = vault.decrypt_file(path, password)
-    variables[catalog.ROTATED_AT]["app_api_token"] = "2020-01-01T00:00:00Z"
+    variables[secrets_catalog.ROTATED_AT]["app_api_token"] = "2020-01-01T00:00:00Z"
     vault.encrypt_file(path, variables, password)
     proc = run("secret-age", "-i", str(env))
     assert proc.returncode == 0, proc.stderr
@@ -311,7 +311,7 @@ def test_secret_age_shows_ages_but_no_values(env, password_file):
     assert rows[("globex", "app_api_token")][1:] == ["90", "OVERDUE"]
     for values in vault_contents(env, password).values():
         for name, value in values.items():
-            if name != catalog.ROTATED_AT:
+            if name != secrets_catalog.ROTATED_AT:
                 assert value not in proc.stdout + proc.stderr
 
 

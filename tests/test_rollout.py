@@ -78,7 +78,7 @@ def test_rolling_upgrade_stops_at_an_unreachable_host(deployment):
 
 
 def test_canary_upgrade_takes_the_whole_fleet_with_its_data(deployment):
-    result = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.1.0", "-e", "upgrade_batches=50%", *FAST)
+    result = deployment.playbook("canary_upgrade.yml", "-e", "app_version=1.1.0", "-e", "upgrade_batches=50%", *FAST)
     assert result.rc == 0, result.output
     for instance in deployment.instances:
         health = deployment.health(instance)
@@ -89,7 +89,7 @@ def test_canary_upgrade_takes_the_whole_fleet_with_its_data(deployment):
     pinned = (deployment.inventory / "host_vars/inst4/main.yml").read_text()
     assert 'app_version: "1.1.0"' in pinned
 
-    again = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.1.0", "-e", "upgrade_batches=100%", *FAST)
+    again = deployment.playbook("canary_upgrade.yml", "-e", "app_version=1.1.0", "-e", "upgrade_batches=100%", *FAST)
     assert again.rc == 0, again.output
     assert again.changed() == dict.fromkeys(deployment.instances, 0)
 
@@ -97,7 +97,7 @@ def test_canary_upgrade_takes_the_whole_fleet_with_its_data(deployment):
 def test_failing_canary_is_rolled_back_and_alerts(deployment, alerts):
     url, received = alerts
     before = pids(deployment)
-    result = deployment.playbook("canary-upgrade.yml", "-e", "app_version=1.2.0", "-e", f"rollout_alert_url={url}",
+    result = deployment.playbook("canary_upgrade.yml", "-e", "app_version=1.2.0", "-e", f"rollout_alert_url={url}",
                                  "-e", f"rollout_alert_secret={ALERT_SECRET}", *FAST)
     assert result.rc != 0
     assert "upgrade to 1.2.0 failed" in result.output and "rolled back to 1.1.0" in result.output
@@ -142,7 +142,7 @@ def test_a_locked_instance_refuses_a_second_operation(deployment):
     assert holder.returncode == 0, holder.stdout + holder.stderr
     before = deployment.main_pid("inst4")
     for playbook, *args in (("upgrade.yml", "-e", "app_version=1.0.0", *FAST), ("deploy.yml",), ("configure.yml",),
-                            ("dependencies.yml",), ("backup.yml",), ("restore.yml",), ("rotate-secrets.yml",)):
+                            ("install_dependencies.yml",), ("backup.yml",), ("restore.yml",), ("rotate_secrets.yml",)):
         result = deployment.playbook(playbook, "--limit", "inst4", *args)
         assert result.rc != 0, playbook
         assert "instance is locked by ci-job-42 (pid 4242" in result.output, playbook

@@ -1,4 +1,4 @@
-"""rotate-secrets.yml on real hosts (overlap, revocation, database password, rollback on a failed
+"""rotate_secrets.yml on real hosts (overlap, revocation, database password, rollback on a failed
 verification) and the controller-side vault writer it uses (runner/fleetdeck/vault_update.py)."""
 
 import json
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from fleetdeck import catalog, vault, vault_update
+from fleetdeck import secrets_catalog, vault, vault_update
 from fleetdeck.errors import FleetdeckError, Refused
 
 from tests.deployment import Deployment
@@ -31,7 +31,7 @@ def env(tmp_path):
     password = b"unit-test-password"
     vault.encrypt_file(env / "host_vars" / "acme" / "vault.yml",
                        {"vault_app_api_token": "old-token-0123456789", "vault_app_db_password": "old-pw-0123456789",
-                        catalog.ROTATED_AT: {"app_api_token": "2020-01-01T00:00:00Z",
+                        secrets_catalog.ROTATED_AT: {"app_api_token": "2020-01-01T00:00:00Z",
                                              "app_db_password": "2020-01-01T00:00:00Z"}}, password)
     return env, password
 
@@ -40,7 +40,7 @@ def test_generate_follows_the_catalog(env):
     path, _ = env
     token = vault_update.generate(path, "app_api_token")
     password = vault_update.generate(path, "app_db_password")
-    assert len(token) == 48 and set(token) <= set(catalog.ALPHABETS["urlsafe"])
+    assert len(token) == 48 and set(token) <= set(secrets_catalog.ALPHABETS["urlsafe"])
     assert len(password) == 32 and password.isalnum()
     with pytest.raises(Refused, match="not in the secret catalog"):
         vault_update.generate(path, "nope")
@@ -55,7 +55,7 @@ def test_set_is_a_stamped_compare_and_swap(env):
     data = vault.decrypt_file(file, password)
     assert data["vault_app_api_token"] == "new-token-0123456789"
     assert data["vault_app_db_password"] == "old-pw-0123456789"
-    assert data[catalog.ROTATED_AT] == {"app_api_token": "2026-01-02T03:04:05Z",
+    assert data[secrets_catalog.ROTATED_AT] == {"app_api_token": "2026-01-02T03:04:05Z",
                                         "app_db_password": "2020-01-01T00:00:00Z"}
     assert stat.S_IMODE(file.stat().st_mode) == 0o600
     assert not [p for p in file.parent.iterdir() if p.name != "vault.yml"]  # no temporary file left
@@ -68,7 +68,7 @@ def test_set_is_a_stamped_compare_and_swap(env):
     # A rollback puts the old value and its old stamp back.
     vault_update.set_secret(path, "acme", "app_api_token", "new-token-0123456789", "old-token-0123456789",
                             password, rotated_at="2020-01-01T00:00:00Z")
-    assert vault.decrypt_file(file, password)[catalog.ROTATED_AT]["app_api_token"] == "2020-01-01T00:00:00Z"
+    assert vault.decrypt_file(file, password)[secrets_catalog.ROTATED_AT]["app_api_token"] == "2020-01-01T00:00:00Z"
 
 
 def test_command_line_reads_values_from_stdin_only(env, tmp_path):
@@ -118,14 +118,14 @@ def db_login(deployment, instance, password) -> bool:
 
 def test_rotation_of_every_secret_in_batches(deployment):
     old = vaults(deployment)
-    result = deployment.playbook("rotate-secrets.yml", "-e", '{"fleetdeck_serial": [1, 2]}')
+    result = deployment.playbook("rotate_secrets.yml", "-e", '{"fleetdeck_serial": [1, 2]}')
     assert result.rc == 0, result.output
     new = vaults(deployment)
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     for instance in deployment.instances:
         for name in ("app_api_token", "app_db_password"):
             assert new[instance][f"vault_{name}"] != old[instance][f"vault_{name}"]
-            assert new[instance][catalog.ROTATED_AT][name].startswith(today)
+            assert new[instance][secrets_catalog.ROTATED_AT][name].startswith(today)
         health = deployment.health(instance)
         assert health["status"] == "ok" and health["database"] == "reachable"
         assert answers(deployment, instance, new[instance]["vault_app_api_token"]) == "200"
@@ -150,9 +150,9 @@ def test_rotation_of_every_secret_in_batches(deployment):
 def test_failed_verification_leaves_the_old_working_secrets(deployment):
     before = vaults(deployment)
     pool = ThreadPoolExecutor(2)
-    token = pool.submit(deployment.playbook, "rotate-secrets.yml", "--limit", "inst3", "-e", "secrets=app_api_token",
+    token = pool.submit(deployment.playbook, "rotate_secrets.yml", "--limit", "inst3", "-e", "secrets=app_api_token",
                         "-e", "secrets_rotation_whoami_url=http://127.0.0.1:8080/no-such-endpoint")
-    password = pool.submit(deployment.playbook, "rotate-secrets.yml", "--limit", "inst2",
+    password = pool.submit(deployment.playbook, "rotate_secrets.yml", "--limit", "inst2",
                            "-e", "secrets=app_db_password",
                            "-e", "secrets_rotation_health_url=http://127.0.0.1:8080/no-such-endpoint")
     token, password = token.result(), password.result()
@@ -173,5 +173,5 @@ def test_failed_verification_leaves_the_old_working_secrets(deployment):
 
 
 def test_unknown_secret_is_refused(deployment):
-    result = deployment.playbook("rotate-secrets.yml", "--limit", "inst1", "-e", "secrets=nope")
+    result = deployment.playbook("rotate_secrets.yml", "--limit", "inst1", "-e", "secrets=nope")
     assert result.rc != 0 and "secrets to rotate must be catalog names" in result.output

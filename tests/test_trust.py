@@ -1,4 +1,4 @@
-"""rotate-trust.yml: the controller's SSH key replaced on every host, over real SSH."""
+"""rotate_trust.yml: the controller's SSH key replaced on every host, over real SSH."""
 
 import shutil
 import subprocess
@@ -26,7 +26,7 @@ def env(fleet, tmp_path_factory):
 
 
 def rotate(env, *args):
-    return ansible_playbook("rotate-trust.yml", env["inventory"], *args, env=env["fleet"].ansible_env())
+    return ansible_playbook("rotate_trust.yml", env["inventory"], *args, env=env["fleet"].ansible_env())
 
 
 def ssh_with(env, host, key, command="true", check=False) -> subprocess.CompletedProcess:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from fleetdeck import catalog, inventory, vault
+from fleetdeck import inventory, secrets_catalog, vault
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,11 @@ class SecretAge:
 
 
 def secret_ages(inv: inventory.Inventory, password: bytes, now: datetime) -> list[SecretAge]:
-    secrets, rows = catalog.load(inv.path), []
+    secrets, rows = secrets_catalog.load(inv.path), []
     for host in inv.hosts():
         path = inv.path / "host_vars" / host / "vault.yml"
         variables = vault.decrypt_file(path, password) if path.exists() else {}
-        rotated = variables.get(catalog.ROTATED_AT) or {}
+        rotated = variables.get(secrets_catalog.ROTATED_AT) or {}
         for secret in secrets:
             stamp = rotated.get(secret.name)
             age = (now - datetime.fromisoformat(stamp)).days if stamp else None

@@ -17,7 +17,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fleetdeck import catalog, files, hostkeys, inventory, rekey, validate, vault
+from fleetdeck import files, hostkeys, inventory, rekey, secrets_catalog, validate, vault
 from fleetdeck.errors import FleetdeckError, Refused
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,14 +43,14 @@ def add_instance(env: str | Path, name: str, domain: str, address: str, *, tier:
         if inv and inv.exists(name):
             raise Refused(f"instance {name!r} already exists in {env} (hosts.yml or host_vars/{name})")
         password = vault.read_password()
-        secrets = catalog.load(EXAMPLE if new_env else env)
+        secrets = secrets_catalog.load(EXAMPLE if new_env else env)
         key_line = hostkeys.entry(address, port, hostkeys.fetch(address, port)) if host_key else None
         known_hosts = KNOWN_HOSTS_HEADER if new_env else _read(env / "known_hosts")
         if key_line:
             known_hosts = hostkeys.pin(known_hosts, key_line)
 
         main = _main_yml(name, domain, address, tier, version, port)
-        secret_vars = catalog.new_vault(secrets, datetime.now(UTC))
+        secret_vars = secrets_catalog.new_vault(secrets, datetime.now(UTC))
         stage = env.parent / f".{env.name}.new" if new_env else env / f"{STAGING_PREFIX}{name}"
         stage.mkdir()
         try:

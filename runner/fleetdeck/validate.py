@@ -10,7 +10,11 @@ from fleetdeck.inventory import RESERVED_NAMES, TIER_GROUPS
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]*")
 LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-VERSION_RE = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9a-z.-]+)?(\+[0-9a-z.-]+)?", re.I)
+# The one definition of an app version, MAJOR.MINOR.PATCH[-PRERELEASE][+BUILD]. Written to mean the same as a
+# JSON Schema (ECMA-262) pattern and in Python: the action catalog (service/actions.yml) and the app role's
+# preflight (roles/app/vars/main.yml) carry it verbatim, and tests/test_definitions.py holds them to it.
+VERSION_PATTERN = r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+VERSION_RE = re.compile(VERSION_PATTERN)
 
 
 def instance_name(name: str) -> str:

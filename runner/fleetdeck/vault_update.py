@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fleetdeck import catalog, files, vault
+from fleetdeck import files, secrets_catalog, vault
 from fleetdeck.errors import FleetdeckError, Refused
 
 
@@ -24,8 +24,8 @@ def vault_path(env: Path, host: str) -> Path:
     return env / "host_vars" / host / "vault.yml"
 
 
-def find_secret(env: Path, name: str) -> catalog.Secret:
-    for secret in catalog.load(env):
+def find_secret(env: Path, name: str) -> secrets_catalog.Secret:
+    for secret in secrets_catalog.load(env):
         if secret.name == name:
             return secret
     raise Refused(f"{name!r} is not in the secret catalog of {env}")
@@ -57,7 +57,7 @@ def set_secret(env: Path, host: str, name: str, old: str, new: str, password: by
             raise FleetdeckError(f"{path}: {secret.vault_var} is not the value this rotation started from "
                                  "(changed meanwhile); left unchanged")
         variables[secret.vault_var] = new
-        rotated = dict(variables.get(catalog.ROTATED_AT) or {})
+        rotated = dict(variables.get(secrets_catalog.ROTATED_AT) or {})
         rotated[secret.name] = stamp
-        variables[catalog.ROTATED_AT] = rotated
+        variables[secrets_catalog.ROTATED_AT] = rotated
         vault.encrypt_file(path, variables, password)

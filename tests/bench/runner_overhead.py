@@ -1,6 +1,6 @@
 """Benchmark: the runner's overhead over a direct `ansible-playbook` for the same action on the same fleet.
 
-Runs smoke_check (playbooks/smoke.yml) on a 5-host test fleet, alternately with `ansible-playbook` and
+Runs smoke_check (playbooks/smoke_check.yml) on a 5-host test fleet, alternately with `ansible-playbook` and
 through the real `fleetdeck-runner` process (POST /v1/runs, then poll until finished), and prints the
 median wall time of each and their ratio; then the latency of POST /v1/runs itself.
 
@@ -35,7 +35,7 @@ def run_via_api(server: Server) -> float:
 
 def run_direct(env) -> float:
     start = time.perf_counter()
-    result = ansible_playbook("smoke.yml", env.inventory, env={**env.env})
+    result = ansible_playbook("smoke_check.yml", env.inventory, env={**env.env})
     assert result.rc == 0, result.output[-2000:]
     return time.perf_counter() - start
 

@@ -37,7 +37,7 @@ def test_shipped_catalog_has_every_action_with_its_playbook():
 
 def test_update_binary_needs_a_pinned_version(tmp_path):
     (tmp_path / "playbooks").mkdir()
-    (tmp_path / "playbooks" / "upgrade.yml").write_text("---\n")
+    (tmp_path / "playbooks" / "update_binary.yml").write_text("---\n")
     action = Catalog.load(PACKAGE_DIR / "actions.yml", tmp_path).actions["update_binary"]
     assert action.parameter_errors({}) == ["parameter (root): 'app_version' is a required property"]
     assert action.parameter_errors({"app_version": "latest"})[0].startswith(

@@ -37,18 +37,18 @@ options:
       - section: fleetdeck_audit
         key: log_path
 author:
-  - fleetdeck maintainers
+  - fleetdeck maintainers (@fleetdeck)
 """
 
-import fcntl  # noqa: E402
-import getpass  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
+import fcntl
+import getpass
+import json
+import os
+from datetime import UTC, datetime
 
-from ansible import context  # noqa: E402
-from ansible.plugins.callback import CallbackBase  # noqa: E402
-from ansible.template import Templar  # noqa: E402
+from ansible import context
+from ansible.plugins.callback import CallbackBase
+from ansible.template import Templar
 
 ACTION_VAR = "fleetdeck_audit_action"
 VERSION_VARS = ("fleetdeck_audit_version_from", "fleetdeck_audit_version_to")

@@ -12,7 +12,8 @@ description:
   - Polls an HTTP(S) health URL from the managed host until the answer is healthy, the number of
     attempts is used up or the overall deadline passes.
   - An answer is healthy when the HTTP status code equals O(status_code), the body is a JSON object whose
-    C(status) equals O(expected_status) and, if O(expected_version) is set, whose C(version) equals it.
+    C(status) equals O(expected_status), whose C(database) (when the app reports one) is V(reachable) and,
+    if O(expected_version) is set, whose C(version) equals it. The soak module judges answers the same way.
   - The module only reads, so it runs normally in check mode and never reports a change.
   - On failure the message names the URL, the attempts and time spent, and the last answer in words.
 options:
@@ -71,7 +72,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - fleetdeck maintainers
+  - fleetdeck maintainers (@fleetdeck)
 """
 
 EXAMPLES = r"""
@@ -126,97 +127,15 @@ version:
   sample: 1.2.0
 """
 
-import http.client
-import json
-import socket
-import ssl
 import time
-import urllib.error
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
-
-BODY_LIMIT = 2048
-DETAIL_LIMIT = 8
-
-
-def _describe_error(exc, timeout):
-    """One short phrase for a request that produced no HTTP answer."""
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(reason, TimeoutError):
-        return f"no answer within {timeout:g}s"
-    if isinstance(reason, socket.gaierror):
-        return f"name resolution failed ({reason.strerror})"
-    if isinstance(reason, http.client.RemoteDisconnected):
-        return "connection closed without an answer"
-    if isinstance(reason, ConnectionResetError):
-        return "connection reset"
-    if isinstance(reason, ssl.SSLError):
-        return f"TLS error ({reason})"
-    return " ".join(str(reason).split()) or type(reason).__name__
-
-
-def _request(url, headers, timeout, validate_certs):
-    """One request: (status_code, raw body, None), or (-1, None, error phrase) when there was no answer."""
-    try:
-        with open_url(url, headers=headers, timeout=timeout, validate_certs=validate_certs) as resp:
-            return resp.status, resp.read(), None
-    except urllib.error.HTTPError as e:
-        try:
-            return e.code, e.read(), None
-        except (OSError, http.client.HTTPException):
-            return e.code, b"", None
-    except ValueError:
-        raise  # a malformed URL will not get better by retrying
-    except Exception as e:  # open_url raises ansible's own errors too, e.g. for TLS validation
-        return -1, None, _describe_error(e, timeout)
-
-
-def _parse(raw):
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text[:BODY_LIMIT]
-
-
-def _is_healthy(code, body, params):
-    if code != params["status_code"] or not isinstance(body, dict):
-        return False
-    if body.get("status") != params["expected_status"]:
-        return False
-    expected = params["expected_version"]
-    return expected is None or str(body.get("version")) == expected
-
-
-def _short(value):
-    text = " ".join(str(value).split())
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _describe_answer(code, body, params):
-    """The last HTTP answer in words, e.g. 'HTTP 503, status=failing, database=unreachable'."""
-    if not isinstance(body, dict):
-        if not body:
-            return f"HTTP {code}, empty body"
-        return f"HTTP {code}, body is not a JSON object: {_short(body)!r}"
-    words = [f"HTTP {code}"]
-    words.append(f"status={_short(body['status'])}" if "status" in body else "no status")
-    expected = params["expected_version"]
-    version = f"version={_short(body['version'])}" if "version" in body else "no version"
-    words.append(f"{version} (expected {expected})" if expected is not None else version)
-    # Other scalar fields, one level of nesting deep (e.g. {"checks": {"database": "unreachable"}}).
-    details = []
-    for key, value in body.items():
-        if key in ("status", "version"):
-            continue
-        items = value.items() if isinstance(value, dict) else [(key, value)]
-        details.extend(f"{k}={_short(v)}" for k, v in items if not isinstance(v, (dict, list)))
-    if len(details) > DETAIL_LIMIT:
-        details = [*details[:DETAIL_LIMIT], f"{len(details) - DETAIL_LIMIT} more"]
-    return ", ".join(words + details)
+from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.health import (
+    describe_answer,
+    is_healthy,
+    parse_body,
+    request,
+)
 
 
 def main():
@@ -249,11 +168,11 @@ def main():
         timeout = p["timeout"] if deadline is None else min(p["timeout"], deadline - time.monotonic())
         attempts += 1
         try:
-            code, raw, error = _request(p["url"], p["headers"], timeout, p["validate_certs"])
+            code, raw, error = request(p["url"], timeout, p["headers"], p["validate_certs"])
         except ValueError as e:
             module.fail_json(msg=f"health check of {p['url']}: invalid URL ({e})", healthy=False)
-        body = None if error else _parse(raw)
-        healthy = not error and _is_healthy(code, body, p)
+        body = None if error else parse_body(raw)
+        healthy = not error and is_healthy(code, body, p["expected_version"], p["status_code"], p["expected_status"])
         if healthy or attempts >= p["retries"]:
             break
         # No point in pausing when the deadline would pass before the next request could start.
@@ -273,7 +192,7 @@ def main():
     )
     if healthy:
         module.exit_json(**result)
-    last = f"last attempt {error}" if error else f"last answer {_describe_answer(code, body, p)}"
+    last = f"last attempt {error}" if error else f"last answer {describe_answer(code, body, p['expected_version'])}"
     noun = "attempt" if attempts == 1 else "attempts"
     module.fail_json(
         msg=f"health check of {p['url']} failed after {attempts} {noun} in {elapsed:.1f}s: {last}", **result

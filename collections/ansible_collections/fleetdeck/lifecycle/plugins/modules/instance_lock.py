@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: fleetdeck contributors
+# MIT License (see galaxy.yml)
+
 """Per-instance deploy lock kept on the instance itself."""
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ description:
   - A lock older than O(stale_after) seconds is taken over, with a warning (its holder is presumed dead).
   - Only the holder (same O(token)) releases a lock, unless O(force=true).
 version_added: "0.1.0"
-author: fleetdeck maintainers
+author:
+  - fleetdeck maintainers (@fleetdeck)
 options:
   state:
     description: V(acquired) takes the lock, V(released) gives it back.
@@ -43,10 +47,16 @@ options:
     description: With O(state=released), remove the lock whoever holds it (for a stale lock).
     type: bool
     default: false
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
     details: In check mode the lock file is only read.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""

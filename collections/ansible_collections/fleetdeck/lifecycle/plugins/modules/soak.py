@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: fleetdeck contributors
+# MIT License (see galaxy.yml)
+
 """Watch a freshly upgraded canary for a while before the rest of the fleet follows."""
 
 from __future__ import annotations
@@ -7,14 +10,16 @@ DOCUMENTATION = r"""
 module: soak
 short_description: Keep checking a canary's health (and optionally its error rate) for a soak period
 description:
-  - Polls the health URL every O(interval) seconds for O(duration) seconds; every answer must be HTTP 200 with
-    the expected status and version, otherwise the module fails at once naming the answer.
+  - Polls the health URL every O(interval) seconds for O(duration) seconds; every answer must be healthy as
+    the health_check module defines it (HTTP 200, the expected status and version, database reachable when
+    reported), otherwise the module fails at once naming the answer.
   - With O(metrics_url), compares the request counter O(requests_metric) at the start and the end of the soak and
     fails when the share of answers whose C(code) label matches O(error_code_prefix) exceeds O(max_error_ratio).
   - With O(prometheus_url) and O(promql), runs the instant query at the end and fails when its first value
     exceeds O(max_value).
 version_added: "0.1.0"
-author: fleetdeck maintainers
+author:
+  - fleetdeck maintainers (@fleetdeck)
 options:
   health_url: {description: Health endpoint of the canary., type: str, required: true}
   expected_version: {description: Version the canary must report., type: str, required: true}
@@ -35,9 +40,15 @@ options:
     default: ""
   promql: {description: Instant query whose first value must not exceed O(max_value)., type: str, default: ""}
   max_value: {description: Highest acceptable value of O(promql)., type: float, default: 0}
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: none
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""
@@ -62,19 +73,26 @@ promql_value: {description: First value of the query., returned: when promql, ty
 import json
 import re
 import time
-import urllib.error
 import urllib.parse
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
+from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.health import (
+    describe_answer,
+    is_healthy,
+    parse_body,
+    request,
+)
 
 SAMPLE_RE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
 LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
-def _get(url, timeout):
-    response = open_url(url, timeout=timeout, validate_certs=True)
-    return response.getcode(), response.read().decode("utf-8", "replace")
+def _get(module, url, timeout):
+    """The body of a 200 answer as text; anything else fails the module naming the URL."""
+    code, raw, error = request(url, timeout)
+    if code != 200:
+        module.fail_json(msg=f"{url}: {error or f'HTTP {code}'}")
+    return raw.decode("utf-8", "replace")
 
 
 def request_counts(text, metric, error_prefix):
@@ -93,20 +111,13 @@ def request_counts(text, metric, error_prefix):
 
 def check_health(params):
     """None when healthy, else the answer in words."""
-    try:
-        code, body = _get(params["health_url"], params["timeout"])
-    except urllib.error.HTTPError as e:  # an answer all the same: say what it was
-        code, body = e.code, e.read().decode("utf-8", "replace")
-    except Exception as e:  # any failure to get an answer is an unhealthy canary
-        return f"no answer ({e})"
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return f"HTTP {code}, body is not JSON"
-    expected = (200, params["expected_status"], params["expected_version"])
-    if (code, data.get("status"), data.get("version")) != expected:
-        return f"HTTP {code}, status={data.get('status')}, version={data.get('version')}"
-    return None
+    code, raw, error = request(params["health_url"], params["timeout"])
+    if error:
+        return f"no answer ({error})"
+    body = parse_body(raw)
+    if is_healthy(code, body, params["expected_version"], status=params["expected_status"]):
+        return None
+    return describe_answer(code, body, params["expected_version"])
 
 
 def main():
@@ -132,19 +143,19 @@ def main():
     result = {"changed": False, "checks": 0}
     started = time.monotonic()
     if p["metrics_url"]:
-        first = request_counts(_get(p["metrics_url"], p["timeout"])[1], p["requests_metric"], p["error_code_prefix"])
+        first = request_counts(_get(module, p["metrics_url"], p["timeout"]), p["requests_metric"],
+                               p["error_code_prefix"])
     while True:
         problem = check_health(p)
         result["checks"] += 1
         elapsed = time.monotonic() - started
         if problem:
-            module.fail_json(msg=f"canary unhealthy after {elapsed:.0f}s of soak: {problem} "
-                                 f"(expected version {p['expected_version']})", **result)
+            module.fail_json(msg=f"canary unhealthy after {elapsed:.0f}s of soak: {problem}", **result)
         if elapsed >= p["duration"]:
             break
         time.sleep(min(p["interval"], max(p["duration"] - elapsed, 0.1)))
     if p["metrics_url"]:
-        total, errors = request_counts(_get(p["metrics_url"], p["timeout"])[1], p["requests_metric"],
+        total, errors = request_counts(_get(module, p["metrics_url"], p["timeout"]), p["requests_metric"],
                                        p["error_code_prefix"])
         answered = total - first[0]
         result["error_ratio"] = (errors - first[1]) / answered if answered > 0 else 0.0
@@ -153,7 +164,7 @@ def main():
                                  f"{p['max_error_ratio']:.1%}", **result)
     if p["promql"]:
         query = urllib.parse.urlencode({"query": p["promql"]})
-        answer = json.loads(_get(f"{p['prometheus_url'].rstrip('/')}/api/v1/query?{query}", p["timeout"])[1])
+        answer = json.loads(_get(module, f"{p['prometheus_url'].rstrip('/')}/api/v1/query?{query}", p["timeout"]))
         series = answer.get("data", {}).get("result", [])
         result["promql_value"] = float(series[0]["value"][1]) if series else 0.0
         if result["promql_value"] > p["max_value"]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -12,7 +11,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-COLLECTIONS_PATH = Path(__file__).resolve().parents[7]
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import cli_env
+
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 FIELDS = ["time", "operator", "source", "playbook", "action", "instance", "version_from", "version_to",
           "result", "changed", "check_mode"]
@@ -44,10 +44,8 @@ def write_inventory(tmp_path, *names, extra=""):
 
 def run_playbook(tmp_path, text, *args, name="upgrade.yml", env=None, wait=True):
     (tmp_path / name).write_text(text)
-    full_env = dict(
-        os.environ,
+    full_env = cli_env(
         ANSIBLE_CONFIG=str(tmp_path / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH),
         ANSIBLE_CALLBACKS_ENABLED="fleetdeck.lifecycle.audit",
         FLEETDECK_AUDIT_LOG=str(tmp_path / "state" / "fleetdeck" / "audit.log"),
         FLEETDECK_OPERATOR="alice",
@@ -62,7 +60,7 @@ def run_playbook(tmp_path, text, *args, name="upgrade.yml", env=None, wait=True)
     if not wait:
         return subprocess.Popen(cmd, env=full_env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
 
 
 def read_log(path):

@@ -4,25 +4,20 @@ own batching and evaluates every filter through the collection loader."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
-
-COLLECTION = Path(__file__).resolve().parents[4]
-COLLECTIONS_PATH = COLLECTION.parents[2]
-sys.path.insert(0, str(COLLECTIONS_PATH))
-
-from ansible_collections.fleetdeck.lifecycle.plugins.filter.lifecycle import (  # noqa: E402
+from ansible_collections.fleetdeck.lifecycle.plugins.filter.lifecycle import (
     FilterModule,
     batch_plan,
     hmac_sha256,
     redact,
     release_summary,
 )
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import cli_env
 
 
 @pytest.mark.parametrize(
@@ -141,11 +136,10 @@ def test_filters_in_a_real_playbook(tmp_path, serial):
         'release={"current": "1.0", "history": [{"version": "1.0", "at": "2025-03-01T00:00:00Z"}]}\n'
     )
     (tmp_path / "play.yml").write_text(PLAYBOOK.format(serial=serial, out=tmp_path))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH),
-               ANSIBLE_CONFIG=str(tmp_path / "none.cfg"))
+    env = cli_env(ANSIBLE_CONFIG=str(tmp_path / "none.cfg"))
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "inventory", "play.yml"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -1,5 +1,7 @@
+"""Fixtures for the module tests."""
+
 import pytest
-from module_runner import ScriptedServer
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import ScriptedServer
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import json
 import os
 import time
 
-from module_runner import run_module
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import run_module
 
 
 def lock(path, **args):

@@ -2,7 +2,7 @@
 
 import json
 
-from module_runner import run_module
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import run_module
 
 HEALTHY = {"status": "ok", "version": "1.1.0"}
 
@@ -27,9 +27,10 @@ def soak(server, **args):
 
 def test_healthy_canary_passes_after_several_checks(server):
     server.script = [(200, HEALTHY, 0)]
-    rc, result = soak(server)
+    rc, result = soak(server, duration=1.5, interval=0.1)  # room for slow first requests on a busy machine
     assert rc == 0, result
     assert result["checks"] >= 3 and result["changed"] is False
+    assert len(server.requests) == result["checks"]
 
 
 def test_canary_failing_during_the_soak_fails_at_once(server):
@@ -69,3 +70,18 @@ def test_promql_condition(server):
     assert rc == 1 and result["promql_value"] == 3.0
     rc, result = soak(server, prometheus_url="BASE", promql="sum(rate(errors[1m]))", max_value=5)
     assert rc == 0
+
+
+def test_unreachable_database_is_unhealthy_as_for_health_check(server):
+    server.script = [(200, {**HEALTHY, "database": "unreachable"}, 0)]
+    rc, result = soak(server)
+    assert rc == 1 and result["checks"] == 1
+    assert "database=unreachable" in result["msg"]
+
+
+def test_metrics_endpoint_that_does_not_answer_is_named(server):
+    server.script = [(200, HEALTHY, 0)]
+    server.routes["/metrics"] = lambda path: (404, "not here")
+    rc, result = soak(server, metrics_url="BASE/metrics", requests_metric="refapp_http_requests_total")
+    assert rc == 1
+    assert result["msg"] == f"{server.url.rsplit('/', 1)[0]}/metrics: HTTP 404"

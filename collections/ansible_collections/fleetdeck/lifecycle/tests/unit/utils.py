@@ -1,8 +1,10 @@
-"""Helpers for module tests: a scripted local HTTP server and a way to run a module file for real."""
+"""Helpers for the unit tests: a scripted local HTTP server, a way to run a module file for real, and the
+environment for running the ansible CLIs on this collection."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -10,7 +12,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-MODULES = Path(__file__).resolve().parents[4] / "plugins" / "modules"
+COLLECTION = Path(__file__).resolve().parents[2]
+COLLECTIONS_PATH = COLLECTION.parents[2]
 
 
 class ScriptedServer:
@@ -58,11 +61,24 @@ class ScriptedServer:
         self.httpd.server_close()
 
 
-
 def run_module(name, **args):
-    """Execute a module file the way ansible-core's debug entry point allows; return (rc, result)."""
+    """Execute a module file the way ansible-core's debug entry point allows; return (rc, result).
+
+    The collection's parent directory goes on PYTHONPATH so that the module's module_utils imports resolve.
+    """
+    path = os.pathsep.join(filter(None, [str(COLLECTIONS_PATH), os.environ.get("PYTHONPATH")]))
+    module = COLLECTION / "plugins" / "modules" / f"{name}.py"
     proc = subprocess.run(
-        [sys.executable, str(MODULES / f"{name}.py"), json.dumps({"ANSIBLE_MODULE_ARGS": args})],
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, str(module), json.dumps({"ANSIBLE_MODULE_ARGS": args})],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=path), check=False,
     )
     return proc.returncode, json.loads(proc.stdout)
+
+
+def cli_env(**extra):
+    """os.environ with this collection on the collections path, plus `extra`.
+
+    Without PYTHONPATH: ansible-test units puts a modules-only copy of ansible there, which the CLIs cannot run from.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return dict(env, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH), **extra)
