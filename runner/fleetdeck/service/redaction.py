@@ -3,18 +3,24 @@
 Which values: every string leaf of a whole-file vault (`$ANSIBLE_VAULT;...`) and every inline `!vault`
 value in the YAML files of the inventory (host_vars/, group_vars/ and the inventory file itself),
 decrypted with ansible's VaultLib (via fleetdeck.vault) and the runner's vault password file.
-All hosts' values, not only the targeted ones: a play can read another host's hostvars.
+All hosts' values, not only the targeted ones: a play can read another host's hostvars. A vault that
+does not decrypt or parse is skipped (and logged): Ansible cannot read it either, so its values cannot
+reach the output, and the other instances must still be operable.
 In addition, the value of any key named `vault_*` in structured event data is masked, whatever it holds.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import yaml
 
 from fleetdeck import vault
+from fleetdeck.errors import FleetdeckError
+
+log = logging.getLogger(__name__)
 
 MASK = "********"
 MIN_LENGTH = 4  # shorter values would mask ordinary words; vault values that short are not secrets
@@ -56,13 +62,24 @@ class Redactor:
         for path in sorted(root.rglob("*")):
             if not path.is_file() or path.suffix not in ("", ".yml", ".yaml", ".json"):
                 continue
-            raw = path.read_bytes()
-            if raw.startswith(b"$ANSIBLE_VAULT;"):
-                values |= set(_strings(yaml.safe_load(vault.decrypt(raw, password, path))))
-            elif b"!vault" in raw:
-                tree = yaml.load(raw, Loader=_VaultTagLoader)  # noqa: S506 - a SafeLoader subclass
-                values |= cls._inline(tree, password, path)
+            try:
+                values |= cls._file_values(path, password)
+            except FleetdeckError as exc:
+                log.warning("not masking the values of %s: %s", path, exc)
         return cls(values)
+
+    @classmethod
+    def _file_values(cls, path: Path, password: bytes) -> set[str]:
+        raw = path.read_bytes()
+        if raw.startswith(b"$ANSIBLE_VAULT;"):
+            return set(_strings(vault.parse(vault.decrypt(raw, password, path), path)))
+        if b"!vault" in raw:
+            try:
+                tree = yaml.load(raw, Loader=_VaultTagLoader)  # noqa: S506 - a SafeLoader subclass
+            except yaml.YAMLError as exc:
+                raise FleetdeckError(f"not valid YAML: {type(exc).__name__}") from None
+            return cls._inline(tree, password, path)
+        return set()
 
     @classmethod
     def _inline(cls, value, password: bytes, path: Path) -> set[str]:
