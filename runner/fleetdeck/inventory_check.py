@@ -76,8 +76,9 @@ def _settings(env: Path, host: str, groups: dict[str, list[str]], problems: list
                 valid(settings[key])
             except Refused as exc:
                 problems.append(f"{name}: {key}: {exc}")
+                del settings[key]  # reported once, not again by the checks that use it
             except TypeError:
-                problems.append(f"{name}: {key}: {settings[key]!r} has the wrong type")
+                problems.append(f"{name}: {key}: {settings.pop(key)!r} has the wrong type")
     if "app_features" in settings and not isinstance(settings["app_features"], list):
         problems.append(f"{name}: app_features: must be a list (e.g. [] or [beta])")
     tier_group = inventory.TIER_GROUPS.get(settings.get("fleetdeck_tier"))
