@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 name: isolated_host_group_vars
-version_added: 0.2.0
+version_added: 0.1.0
 short_description: group_vars and host_vars, with a bad host_vars file failing only its host
 description:
   - Loads C(group_vars/) and C(host_vars/) beside the inventory and the playbook like
