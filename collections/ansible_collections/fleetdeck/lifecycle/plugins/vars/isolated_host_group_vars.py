@@ -23,7 +23,7 @@ description:
 extends_documentation_fragment:
   - ansible.builtin.vars_plugin_staging
 author:
-  - fleetdeck maintainers
+  - fleetdeck maintainers (@fleetdeck)
 """
 
 import os
