@@ -410,8 +410,8 @@ def test_an_undecryptable_vault_fails_only_its_instance_and_names_the_file(env, 
     playbook.write_text("- hosts: fleet\n  gather_facts: false\n  tasks:\n"
                         "    - ansible.builtin.command: echo {{ app_api_token | length }}\n")
 
-    def play() -> tuple[int, str]:
-        proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(env), str(playbook)], cwd=REPO,
+    def play(path: Path = playbook, *args: str) -> tuple[int, str]:
+        proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(env), str(path), *args], cwd=REPO,
                               capture_output=True, text=True, timeout=120, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
         return proc.returncode, proc.stdout + proc.stderr
 
@@ -424,6 +424,10 @@ def test_an_undecryptable_vault_fails_only_its_instance_and_names_the_file(env, 
             "cannot be decrypted with the vault password (Decryption failed") in output
     assert recap(output, "acme") == ["ok=1", "changed=1", "unreachable=0", "failed=0"]
     assert recap(output, "globex") == ["ok=0", "changed=0", "unreachable=0", "failed=1"]
+    rc, output = play(REPO / "playbooks/smoke.yml", "-e", "app_health_url=")
+    assert rc == 2, output
+    assert re.search(r"acme +192.0.2.10 +n/a", output), output
+    assert re.search(r"globex +192.0.2.20 +BAD VARS +- +\S*/host_vars/globex/vault.yml:\s+cannot be decrypted", output)
 
     # A vault that decrypts to malformed YAML is named without quoting its content.
     (env / "host_vars/acme/vault.yml").write_bytes(vault.encrypt(b"vault_app_api_token: s3cr3t-VALUE: oops\n",

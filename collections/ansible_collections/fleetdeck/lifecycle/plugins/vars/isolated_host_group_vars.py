@@ -67,7 +67,8 @@ class VarsModule(BaseVarsPlugin):
             try:
                 loaded = loader.load_from_file(found, cache="all", unsafe=True, trusted_as_template=True)
                 if loaded and not isinstance(loaded, dict):
-                    raise AnsibleParserError(f"it holds a {type(loaded).__name__}, not a mapping of variables")
+                    kind = "text" if isinstance(loaded, str) else "list" if isinstance(loaded, list) else "scalar"
+                    raise AnsibleParserError(f"it holds {kind}, not a mapping of variables")
                 data = combine_vars(data, loaded or {})
             except AnsibleError as exc:
                 _FAILED[found] = _reason(exc)
