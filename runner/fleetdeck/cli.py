@@ -39,7 +39,7 @@ def add_instance(args: argparse.Namespace) -> None:
 
 
 def check_inventory(args: argparse.Namespace) -> None:
-    inv, problems = inventory_check.check(args.inventory, vault.read_password())
+    inv, problems = inventory_check.check(args.inventory)
     for problem in problems:
         print(problem)
     if problems:

@@ -24,10 +24,12 @@ CHECKS: dict[str, Callable] = {"ansible_host": validate.address, "app_domain": v
                                "ansible_port": validate.port}
 
 
-def check(env: str | Path, password: bytes) -> tuple[inventory.Inventory, list[str]]:
-    """The environment and its problems (empty: all good). An unreadable hosts.yml or catalog raises."""
+def check(env: str | Path, password: bytes | None = None) -> tuple[inventory.Inventory, list[str]]:
+    """The environment and its problems (empty: all good). An unreadable hosts.yml, catalog or vault
+    password file raises. Without `password`, the vault password file's."""
     inv = inventory.load(env)
     secrets = catalog.load(inv.path)
+    password = password or vault.read_password()
     problems: list[str] = []
     known = _known_hosts(inv.path / "known_hosts", problems)
     groups = inv.groups()
