@@ -135,6 +135,24 @@ def test_damaged_backup_is_refused_before_touching_anything(deployment, store):
     missing = deployment.playbook("restore.yml", "--limit", "inst3", "-e", "backup=20991231T000000Z")
     assert missing.rc != 0 and "no backup 20991231T000000Z of inst3" in missing.output
 
+    # A manifest that vouches for another backup (of inst2) is refused, like a .sha256 of another file.
+    other = sorted((store / "inst2").iterdir())[-1]
+    manifest = latest / "manifest.json"
+    own = manifest.read_bytes()
+    manifest.write_bytes((other / "manifest.json").read_bytes())
+    for part in ("database.dump", "data.tar.gz"):
+        (latest / part).rename(latest / f"{part}.own")
+        (latest / part).write_bytes((other / part).read_bytes())
+    try:
+        foreign = deployment.playbook("restore.yml", "--limit", "inst3")
+    finally:
+        manifest.write_bytes(own)
+        for part in ("database.dump", "data.tar.gz"):
+            (latest / f"{part}.own").replace(latest / part)
+    assert foreign.rc != 0
+    assert f"its manifest is for backup {other.name} of inst2" in foreign.output, foreign.output
+    assert deployment.main_pid("inst3") == pid and content(deployment, "inst3") == before
+
 
 def test_backup_restored_onto_a_fresh_host(deployment):
     source = content(deployment, "inst2")

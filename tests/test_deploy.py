@@ -1,5 +1,6 @@
 """Inventory -> deploy -> configure on 2 real hosts: healthy, idempotent, honest in check mode, no leaks."""
 
+import re
 import secrets
 import shutil
 import stat
@@ -155,6 +156,59 @@ def test_unreachable_instance_is_named_and_others_are_untouched(deployment, tmp_
     assert "ghost                      : ok=0" in result.output or "UNREACHABLE! => " in result.output
     assert all(result.recap[i]["failed"] == 0 for i in deployment.instances)
     assert {i: deployment.main_pid(i) for i in deployment.instances} == pids
+
+
+def host_state(deployment) -> dict[str, tuple[str, str]]:
+    """What a run would change on each instance: its release layout (with times) and the app's process."""
+    return {i: (deployment.on(i, "ls -la --time-style=full-iso /opt/refapp /opt/refapp/releases "
+                                 "/etc/ansible/facts.d /var/lib/fleetdeck 2>&1"), deployment.main_pid(i))
+            for i in deployment.instances}
+
+
+def test_a_checksum_file_for_another_artifact_is_refused_before_any_instance_changes(deployment, tmp_path):
+    bad = tmp_path / "dist"
+    shutil.copytree(deployment.dist, bad)
+    artifact = "refapp-1.1.0-linux-amd64.tar.gz"
+    # The right sum, but the line names another file: `sha256sum -c` would not check this artifact with it.
+    right_sum = (bad / f"{artifact}.sha256").read_text().split()[0]
+    (bad / f"{artifact}.sha256").write_text(f"{right_sum}  refapp-1.0.0-linux-amd64.tar.gz\n")
+    before = host_state(deployment)
+    for playbook, extra in (("upgrade.yml", ["-e", "upgrade_batches=2"]), ("deploy.yml", [])):
+        result = deployment.playbook(playbook, "-e", "app_version=1.1.0", "-e", f"app_artifact_controller_dir={bad}",
+                                     *extra)
+        assert result.rc != 0
+        assert (f"{bad}/{artifact}.sha256 is for refapp-1.0.0-linux-amd64.tar.gz, not for {artifact}; "
+                "refusing to use it") in result.output, result.output
+        assert result.changed() == dict.fromkeys(deployment.instances, 0), result.output
+        assert all(result.recap[i]["failed"] == 1 for i in deployment.instances)
+    assert host_state(deployment) == before
+
+
+def test_a_corrupt_vault_is_named_and_the_other_instances_deploy(deployment, tmp_path):
+    inventory = tmp_path / "one-corrupt-vault"
+    shutil.copytree(deployment.inventory, inventory)
+    corrupt = inventory / "host_vars" / "inst2" / "vault.yml"
+    lines = corrupt.read_text().splitlines()
+    lines[3] = ("1" if lines[3][0] == "0" else "0") + lines[3][1:]  # one flipped digit of the ciphertext
+    corrupt.write_text("\n".join(lines) + "\n")
+    main = inventory / "host_vars" / "inst1" / "main.yml"
+    main.write_text(re.sub(r"app_features: \[(.*)\]", r"app_features: [\1, isolated]", main.read_text())
+                    .replace("[, isolated]", "[isolated]"))
+    features = deployment.health("inst1")["features"]
+    inst2_pid = deployment.main_pid("inst2")
+
+    original, deployment.inventory = deployment.inventory, inventory
+    try:
+        result = deployment.playbook("deploy.yml")
+    finally:
+        deployment.inventory = original
+    assert result.rc != 0
+    assert f"{corrupt}: cannot be decrypted with the vault password" in result.output, result.output
+    assert result.recap["inst2"] == {**result.recap["inst2"], "ok": 0, "changed": 0, "failed": 1}
+    assert result.recap["inst1"]["failed"] == 0 and result.recap["inst1"]["unreachable"] == 0
+    assert result.recap["inst1"]["changed"] > 0
+    assert deployment.health("inst1")["features"] == [*features, "isolated"]
+    assert deployment.main_pid("inst2") == inst2_pid and deployment.health("inst2")["status"] == "ok"
 
 
 def test_no_secret_appears_in_any_output_or_log(deployment):

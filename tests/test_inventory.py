@@ -6,6 +6,7 @@ Run with FLEETDECK_TEST_FLEET=inv so this module's fleet never collides with oth
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -327,6 +328,115 @@ def test_example_environment_api():
     password = EXAMPLE_PASSWORD.read_bytes().strip()
     for values in vault_contents(EXAMPLE, password).values():
         assert values["vault_app_api_token"].startswith("EXAMPLE-not-a-secret-")
+
+
+# -- check-inventory ---------------------------------------------------------------------------------
+
+def pin_fake_keys(env: Path) -> None:
+    """Host keys for the env fixture's instances (their hosts are not up), as add-instance would pin them."""
+    example_keys = [line.split()[1:] for line in (EXAMPLE / "known_hosts").read_text().splitlines()
+                    if line and not line.startswith("#")]
+    with (env / "known_hosts").open("a") as known_hosts:
+        for address, key in zip(("192.0.2.10", "192.0.2.20"), example_keys, strict=True):
+            known_hosts.write(f"{address} {' '.join(key)}\n")
+
+
+def test_check_inventory_passes_a_good_environment(env, password_file):
+    pin_fake_keys(env)
+    proc = run("check-inventory", "-i", str(env))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == (f"{env}: 2 instance(s) checked: names, settings, vaults, secrets, host keys: "
+                           "no problems\n")
+
+
+def test_check_inventory_names_every_problem_by_file_and_field(env, password_file):
+    password = password_file.read_bytes().strip()
+    secrets = vault_contents(env, password)
+    # known_hosts: only globex is pinned, and one line is garbage.
+    pin_fake_keys(env)
+    known_hosts = env / "known_hosts"
+    known_hosts.write_text(known_hosts.read_text().replace("192.0.2.10 ", "192.0.2.99 ") + "nonsense line\n")
+    # acme: a damaged vault; globex: a secret missing, a bad address, a tier that contradicts hosts.yml.
+    acme_vault = env / "host_vars/acme/vault.yml"
+    lines = acme_vault.read_text().splitlines()
+    acme_vault.write_text("\n".join([*lines[:3], lines[3].replace(lines[3][5], "0" if lines[3][5] != "0" else "1"),
+                                      *lines[4:]]) + "\n")
+    globex = secrets["globex"]
+    del globex["vault_app_db_password"]
+    vault.encrypt_file(env / "host_vars/globex/vault.yml", globex, password)
+    main = env / "host_vars/globex/main.yml"
+    main.write_text(main.read_text().replace('"192.0.2.20"', '"192.0.2.300"').replace("fleetdeck_tier: 2",
+                                                                                       "fleetdeck_tier: 1"))
+    (env / "host_vars/initech").mkdir()
+
+    proc = run("check-inventory", "-i", str(env))
+    assert proc.returncode == 1
+    problems = proc.stdout.splitlines()
+    assert proc.stderr == f"check-inventory: 7 problem(s) in {env}\n"
+    assert problems[0] == "known_hosts: line 4: not a valid 'HOST KEYTYPE BASE64KEY' entry"
+    assert problems[1].startswith("cannot decrypt host_vars/acme/vault.yml with this vault password")
+    assert problems[2] == ("known_hosts: acme: no host key pinned for 192.0.2.10 (scripts/add-instance pins it; "
+                           "or: ssh-keyscan -t ed25519 -p 22 192.0.2.10)")
+    assert problems[3].startswith("host_vars/globex/main.yml: ansible_host: ADDRESS '192.0.2.300' is neither")
+    assert problems[4] == ("hosts.yml: globex: fleetdeck_tier is 1, so it belongs to group tier1 only, "
+                           "but it is in: tier2")
+    assert problems[5] == ("host_vars/globex/vault.yml: vault_app_db_password: missing "
+                           "(secret app_db_password of the catalog)")
+    assert problems[6] == "host_vars/initech: no instance 'initech' in hosts.yml"
+    for value in (v for values in secrets.values() for k, v in values.items() if k.startswith("vault_app_")):
+        assert value not in proc.stdout + proc.stderr
+
+
+def test_check_inventory_does_not_quote_a_malformed_vault(env, password_file):
+    password = password_file.read_bytes().strip()
+    pin_fake_keys(env)
+    path = env / "host_vars/acme/vault.yml"
+    path.write_bytes(vault.encrypt(b"vault_app_api_token: s3cr3t-VALUE: oops\n", password))
+    proc = run("check-inventory", "-i", str(env))
+    assert proc.returncode == 1
+    assert proc.stdout == ("host_vars/acme/vault.yml: not valid YAML at line 1, column 34: mapping values are "
+                           "not allowed here\n")
+    assert "s3cr3t" not in proc.stdout + proc.stderr
+
+
+# -- a bad vault fails its instance only (the collection's isolated_host_group_vars) ----------------
+
+def test_an_undecryptable_vault_fails_only_its_instance_and_names_the_file(env, password_file, tmp_path):
+    # Both instances run on the controller: no host is needed to see which one Ansible operates.
+    (env / "group_vars/all/local.yml").write_text("ansible_connection: local\n")
+    password = password_file.read_bytes().strip()
+    (env / "host_vars/globex/vault.yml").write_bytes(vault.encrypt(b"vault_app_api_token: x\n", b"other password"))
+    playbook = tmp_path / "uses-the-token.yml"
+    playbook.write_text("- hosts: fleet\n  gather_facts: false\n  tasks:\n"
+                        "    - ansible.builtin.command: echo {{ app_api_token | length }}\n")
+
+    def play(path: Path = playbook, *args: str) -> tuple[int, str]:
+        proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(env), str(path), *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def recap(output: str, host: str) -> str:
+        return re.search(rf"^{host}\s+: (ok=.*?failed=\d+)", output, re.M)[1].split()
+
+    rc, output = play()
+    assert rc == 2, output
+    assert (f"[ERROR]: Task failed: Error processing keyword 'connection': {env}/host_vars/globex/vault.yml: "
+            "cannot be decrypted with the vault password (Decryption failed") in output
+    assert recap(output, "acme") == ["ok=1", "changed=1", "unreachable=0", "failed=0"]
+    assert recap(output, "globex") == ["ok=0", "changed=0", "unreachable=0", "failed=1"]
+    rc, output = play(REPO / "playbooks/smoke.yml", "-e", "app_health_url=")
+    assert rc == 2, output
+    assert re.search(r"acme +192.0.2.10 +n/a", output), output
+    assert re.search(r"globex +192.0.2.20 +BAD VARS +- +\S*/host_vars/globex/vault.yml:\s+cannot be decrypted", output)
+
+    # A vault that decrypts to malformed YAML is named without quoting its content.
+    (env / "host_vars/acme/vault.yml").write_bytes(vault.encrypt(b"vault_app_api_token: s3cr3t-VALUE: oops\n",
+                                                                 password))
+    rc, output = play()
+    assert rc == 2, output
+    assert f"{env}/host_vars/acme/vault.yml: cannot be loaded (YAML parsing failed" in output
+    assert recap(output, "acme") == ["ok=0", "changed=0", "unreachable=0", "failed=1"]
+    assert "s3cr3t" not in output
 
 
 # -- real hosts ------------------------------------------------------------------------------------

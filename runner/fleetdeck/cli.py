@@ -1,4 +1,4 @@
-"""Command line of scripts/add-instance, bootstrap-vault, rekey-vault, secret-age and vault-update."""
+"""Command line of scripts/add-instance, bootstrap-vault, check-inventory, rekey-vault, secret-age, vault-update."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fleetdeck import age, inventory, rekey, scaffold, vault, vault_update
+from fleetdeck import age, inventory, inventory_check, rekey, scaffold, vault, vault_update
 from fleetdeck.errors import FleetdeckError, Refused
 
 DEFAULT_ENV = scaffold.REPO / "inventory" / "production"
@@ -36,6 +36,16 @@ def add_instance(args: argparse.Namespace) -> None:
         print(f"no SSH host key pinned (--no-host-key): Ansible will refuse {args.name} until its key is in "
               f"{_shown(args.inventory)}/known_hosts (e.g. ssh-keyscan -t ed25519 {args.address} >> ...)")
     print(f"next: ansible-playbook -i {_shown(args.inventory)} playbooks/deploy.yml --limit {args.name}")
+
+
+def check_inventory(args: argparse.Namespace) -> None:
+    inv, problems = inventory_check.check(args.inventory)
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise FleetdeckError(f"{len(problems)} problem(s) in {_shown(inv.path)}")
+    print(f"{_shown(inv.path)}: {len(inv.hosts())} instance(s) checked: names, settings, vaults, secrets, "
+          "host keys: no problems")
 
 
 def rekey_vault(args: argparse.Namespace) -> None:
@@ -95,6 +105,10 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--no-host-key", action="store_true",
                      help="do not fetch and pin the SSH host key (the host is not up yet)")
     cmd.set_defaults(run=add_instance)
+
+    cmd = commands.add_parser("check-inventory", parents=[env],
+                              help="check every instance: settings, vaults, secrets, host keys")
+    cmd.set_defaults(run=check_inventory)
 
     cmd = commands.add_parser("rekey-vault", parents=[env], help="change the vault password, all or none")
     cmd.add_argument("--new-password-file", type=Path,

@@ -78,4 +78,18 @@ def encrypt_file(path: Path, variables: dict, password: bytes) -> None:
 
 
 def decrypt_file(path: Path, password: bytes) -> dict:
-    return yaml.safe_load(decrypt(path.read_bytes(), password, path)) or {}
+    return parse(decrypt(path.read_bytes(), password, path), path)
+
+
+def parse(plaintext: bytes, source: Path | str) -> dict:
+    """The variables of a YAML vars file (e.g. a decrypted vault); errors say where, never quoting content."""
+    try:
+        variables = yaml.safe_load(plaintext) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise FleetdeckError(f"{source}: not valid YAML{where}: "
+                             f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None
+    if not isinstance(variables, dict):
+        raise FleetdeckError(f"{source}: holds a {type(variables).__name__}, not a mapping of variables")
+    return variables

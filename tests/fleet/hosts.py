@@ -26,6 +26,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from . import limits
+
 INIT = Path(__file__).with_name("host-init.sh")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,4}$")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
@@ -159,6 +161,10 @@ class Fleet:
         if os.geteuid() != 0:
             raise FleetError("the test fleet needs root (namespaces, bridge, mounts)")
         self.down()  # anything left by an earlier, crashed run
+        try:
+            limits.ensure(count)
+        except limits.LimitError as exc:
+            raise FleetError(str(exc)) from None
         self._claim_subnet()
         become_subreaper()
         self.dir.mkdir(parents=True)

@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+from fleetdeck import vault
 from fleetdeck.service import create_app
 from fleetdeck.service.processes import process_groups
 
@@ -67,6 +68,23 @@ def test_ping_run_succeeds_with_per_host_results(client, env, hosts):
     assert set(run["hosts"]) == set(hosts)
     assert all(h["result"] == "ok" and h["failed"] == 0 for h in run["hosts"].values())
     assert run["started"] and run["finished"] >= run["started"]
+
+
+def test_a_vault_that_does_not_decrypt_fails_only_its_host_and_is_named(client, env, hosts):
+    path = env.inventory / "host_vars" / hosts[1] / "vault.yml"
+    original = path.read_bytes()
+    path.write_bytes(vault.encrypt(b"vault_app_secret: x\n", b"not the runner's password"))
+    try:
+        run = finished(client, env, start(client, env, "ping", "testfleet").get_json()["id"])
+    finally:
+        path.write_bytes(original)
+    assert run["status"] == "failed", run
+    assert run["hosts"][hosts[1]]["result"] == "failed"
+    assert all(run["hosts"][h]["result"] == "ok" for h in hosts if h != hosts[1]), run["hosts"]
+    events = client.get(f"/v1/runs/{run['id']}/events?limit=1000", headers=env.auth()).get_json()["events"]
+    failure = next(e for e in events if e["type"] == "runner_on_failed")
+    assert failure["host"] == hosts[1]
+    assert f"{path}: cannot be decrypted with the vault password" in failure["data"]["res"]["msg"]
 
 
 def test_events_json_pages_and_sse_resume(client, env):

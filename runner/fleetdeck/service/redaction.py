@@ -9,6 +9,8 @@ All hosts' values, not only the targeted ones: a play can read another host's ho
 Each secret is masked as a whole and, when it spans several lines (a private key), line by line, in
 the forms a task is likely to print it: as is, JSON-escaped (once and twice), URL-encoded, and base64
 (standard and urlsafe alphabets, at each of the three byte alignments inside a longer encoded text).
+A vault that does not decrypt or parse is skipped (and logged): Ansible cannot read it either, so its
+values cannot reach the output, and the other instances must still be operable.
 In addition, the value of any key named `vault_*` in structured event data is masked, whatever it holds.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +27,9 @@ from urllib.parse import quote, quote_plus
 import yaml
 
 from fleetdeck import vault
+from fleetdeck.errors import FleetdeckError
+
+log = logging.getLogger(__name__)
 
 MASK = "********"
 MIN_LENGTH = 4  # shorter values (and encoded forms) would mask ordinary words; such values are not secrets
@@ -110,13 +116,24 @@ class Redactor:
         for path in sorted(root.rglob("*")):
             if not path.is_file() or path.suffix not in ("", ".yml", ".yaml", ".json"):
                 continue
-            raw = path.read_bytes()
-            if raw.startswith(b"$ANSIBLE_VAULT;"):
-                values |= set(_strings(yaml.safe_load(vault.decrypt(raw, password, path))))
-            elif b"!vault" in raw:
-                tree = yaml.load(raw, Loader=_VaultTagLoader)  # noqa: S506 - a SafeLoader subclass
-                values |= cls._inline(tree, password, path)
+            try:
+                values |= cls._file_values(path, password)
+            except FleetdeckError as exc:
+                log.warning("not masking the values of %s: %s", path, exc)
         return cls(values)
+
+    @classmethod
+    def _file_values(cls, path: Path, password: bytes) -> set[str]:
+        raw = path.read_bytes()
+        if raw.startswith(b"$ANSIBLE_VAULT;"):
+            return set(_strings(vault.parse(vault.decrypt(raw, password, path), path)))
+        if b"!vault" in raw:
+            try:
+                tree = yaml.load(raw, Loader=_VaultTagLoader)  # noqa: S506 - a SafeLoader subclass
+            except yaml.YAMLError as exc:
+                raise FleetdeckError(f"not valid YAML: {type(exc).__name__}") from None
+            return cls._inline(tree, password, path)
+        return set()
 
     @classmethod
     def _inline(cls, value, password: bytes, path: Path) -> set[str]:

@@ -1,11 +1,13 @@
 # Copyright: fleetdeck contributors
 # MIT License (see galaxy.yml)
-"""Filters for rolling upgrades and status reporting: batch_plan, redact, release_summary."""
+"""Filters for rolling upgrades, releases and status reporting: batch_plan, redact, release_summary,
+hmac_sha256, sha256_for."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from urllib.parse import quote, quote_plus
 
@@ -113,6 +115,33 @@ def hmac_sha256(message, key):
     return hmac.new(str(key).encode(), str(message).encode(), hashlib.sha256).hexdigest()
 
 
+# `sha256sum` lines: "<hex>  <name>" (text) or "<hex> *<name>" (binary); `sha256sum --tag`: "SHA256 (<name>) = <hex>".
+_SHA256SUM_LINE = re.compile(r"^(?P<sum>[0-9a-fA-F]{64}) [ *](?P<name>.+)$"
+                             r"|^SHA256 \((?P<tname>.+)\) = (?P<tsum>[0-9a-fA-F]{64})$")
+
+
+def sha256_for(text, artifact, source="the checksum file"):
+    """The sha256 that a ``sha256sum``-style checksum file gives for ``artifact``, as ``sha256sum -c`` reads it.
+
+    The file must name the artifact: a bare hash, or a file naming only other files, is refused, so a
+    checksum file that belongs to another artifact can never vouch for this one.
+    """
+    entries = {}
+    for line in str(text).splitlines():
+        match = _SHA256SUM_LINE.match(line.rstrip("\r"))
+        if match:
+            name = (match["name"] or match["tname"]).removeprefix("./")
+            entries.setdefault(name, set()).add((match["sum"] or match["tsum"]).lower())
+    if not entries:
+        raise AnsibleFilterError(f"{source}: no properly formatted SHA256 checksum line ('<sha256>  <file name>')")
+    if artifact not in entries:
+        raise AnsibleFilterError(f"{source} is for {', '.join(sorted(entries))}, not for {artifact}; "
+                                 "refusing to use it")
+    if len(entries[artifact]) > 1:
+        raise AnsibleFilterError(f"{source} gives {artifact} {len(entries[artifact])} different sha256 sums")
+    return entries[artifact].pop()
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -120,4 +149,5 @@ class FilterModule:
             "redact": redact,
             "release_summary": release_summary,
             "hmac_sha256": hmac_sha256,
+            "sha256_for": sha256_for,
         }

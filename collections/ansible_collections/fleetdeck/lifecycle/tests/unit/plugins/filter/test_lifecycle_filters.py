@@ -4,6 +4,7 @@ own batching and evaluates every filter through the collection loader."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from ansible_collections.fleetdeck.lifecycle.plugins.filter.lifecycle import (
     hmac_sha256,
     redact,
     release_summary,
+    sha256_for,
 )
 from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import cli_env
 
@@ -98,7 +100,8 @@ def test_release_summary_from_hostvars_like_mapping():
 
 
 def test_filter_module_exposes_all_filters():
-    assert set(FilterModule().filters()) == {"batch_plan", "redact", "release_summary", "hmac_sha256"}
+    assert set(FilterModule().filters()) == {"batch_plan", "redact", "release_summary", "hmac_sha256",
+                                            "sha256_for"}
 
 
 PLAYBOOK = """
@@ -161,3 +164,30 @@ def test_hmac_sha256_matches_the_standard_library():
     assert hmac_sha256("1700000000.{}", "shared") == expected
     with pytest.raises(AnsibleFilterError, match="the key is empty"):
         hmac_sha256("message", "")
+
+
+SUM = "ab" * 32
+
+
+@pytest.mark.parametrize("text", [
+    f"{SUM}  app-1.0.tar.gz\n",
+    f"{SUM} *app-1.0.tar.gz\n",
+    f"{SUM}  ./app-1.0.tar.gz\r\n",
+    f"SHA256 (app-1.0.tar.gz) = {SUM.upper()}\n",
+    f"{'cd' * 32}  app-0.9.tar.gz\n{SUM}  app-1.0.tar.gz\n",  # a SHA256SUMS file of several artifacts
+])
+def test_sha256_for_reads_the_line_naming_the_artifact(text):
+    assert sha256_for(text, "app-1.0.tar.gz") == SUM
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (f"{SUM}  app-0.9.tar.gz\n", "dist/app-1.0.tar.gz.sha256 is for app-0.9.tar.gz, not for app-1.0.tar.gz"),
+    (f"{SUM}  dist/app-1.0.tar.gz\n", "is for dist/app-1.0.tar.gz, not for app-1.0.tar.gz"),
+    (f"{SUM}\n", "dist/app-1.0.tar.gz.sha256: no properly formatted SHA256 checksum line"),
+    ("", "no properly formatted SHA256 checksum line"),
+    (f"{SUM[:-1]}  app-1.0.tar.gz\n", "no properly formatted SHA256 checksum line"),
+    (f"{SUM}  app-1.0.tar.gz\n{'cd' * 32}  app-1.0.tar.gz\n", "gives app-1.0.tar.gz 2 different sha256 sums"),
+])
+def test_sha256_for_refuses_a_file_that_does_not_name_the_artifact(text, message):
+    with pytest.raises(AnsibleFilterError, match=re.escape(message)):
+        sha256_for(text, "app-1.0.tar.gz", "dist/app-1.0.tar.gz.sha256")
