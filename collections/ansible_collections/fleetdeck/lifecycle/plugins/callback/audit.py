@@ -22,7 +22,7 @@ description:
     V(unreachable), V(skipped), or V(interrupted) when ansible-playbook stopped before its recap),
     C(changed) (number of changed tasks), C(check_mode). A run with a V(start) line and no V(end) line never
     ended (the controller was killed)."
-  - Versions are the instance's local fact C(ansible_local.app.current) (the release the app role recorded):
+  - Versions are the instance's local fact C(ansible_local.app.current) (the release the app role recorded),
     C(version_from) when the lock was taken (else when the run ended), C(version_to) when the run ended;
     V(null) when unknown. No other variable value is ever written.
   - The log is opened with O_APPEND, created with mode 0600, and locked with flock while lines are written,
