@@ -8,7 +8,11 @@ import os
 import socket
 
 from ansible.plugins.action import ActionBase
-from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.run_identity import is_dead, process_started
+from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.run_identity import (
+    command_digest,
+    is_dead,
+    process_started,
+)
 
 MODULE = "fleetdeck.lifecycle.instance_lock"
 
@@ -21,14 +25,12 @@ class ActionModule(ActionBase):
         args = dict(self._task.args)
         if args.get("state", "acquired") != "acquired":
             return self._execute_module(MODULE, module_args=args, task_vars=task_vars)
-        controller = socket.gethostname()
+        controller, own = socket.gethostname(), os.getppid()  # task workers are forks of ansible-playbook
         if "pid" not in args:  # given by hand: a holder this controller cannot vouch for
-            pid = os.getppid()  # task workers are forks of the run's ansible-playbook process
-            args.update(controller=controller, pid=pid, pid_started=process_started(pid) or 0)
+            args.update(controller=controller, pid=own, pid_started=process_started(own) or 0,
+                        command=command_digest(own))
         found = self._execute_module(MODULE, module_args=args, task_vars=task_vars)
-        held = found.get("lock") or {}
-        if found.get("locked") and is_dead(held.get("controller"), held.get("pid"), held.get("pid_started"),
-                                           controller):
+        if found.get("locked") and is_dead(found["lock"], controller, own):
             found = self._execute_module(MODULE, module_args=dict(args, take_over=found["lock"]), task_vars=task_vars)
             if found.get("took_over"):
                 dead = found["took_over"]

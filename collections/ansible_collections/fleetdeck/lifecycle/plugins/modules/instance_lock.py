@@ -44,6 +44,10 @@ options:
     description: Start time of that process (clock ticks since boot), so that a reused pid is not taken for it.
     type: int
     default: 0
+  command:
+    description: sha256 of that process's command line, to recognise task workers it left behind.
+    type: str
+    default: ''
   take_over:
     description:
       - The lock of a holder known to be dead (as returned in RV(lock)); it is replaced by this run's lock if it
@@ -122,7 +126,8 @@ def _write_new(path, lock):
 def acquire(module, path, now):
     params = module.params
     lock = {"holder": params["holder"], "token": params["token"], "controller": params["controller"],
-            "pid": params["pid"], "pid_started": params["pid_started"], "started_at": now,
+            "pid": params["pid"], "pid_started": params["pid_started"], "command": params["command"],
+            "started_at": now,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
     found = _read(path)
     if found and found.get("token") == params["token"]:
@@ -170,6 +175,7 @@ def main():
             "controller": {"type": "str", "default": ""},
             "pid": {"type": "int", "default": 0},
             "pid_started": {"type": "int", "default": 0},
+            "command": {"type": "str", "default": ""},
             "take_over": {"type": "dict"},
             "force": {"type": "bool", "default": False},
         },

@@ -243,19 +243,39 @@ def start_locked_run(tmp_path, holder, sleep):
     return proc
 
 
+def leftover_workers(command):
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes() == command:
+                found.append(proc.name)
+        except OSError:
+            pass
+    return found
+
+
 def test_a_live_holder_is_refused_and_a_killed_one_taken_over(tmp_path):
     write_inventory(tmp_path, "web1")
     log = tmp_path / "state" / "fleetdeck" / "audit.log"
-    first = start_locked_run(tmp_path, "first", 20)
+    first = start_locked_run(tmp_path, "first", 15)
 
     refused = run_playbook(tmp_path, LOCKED_WORK, env={"HOLDER": "second", "SLEEP": "0"})
     assert refused.returncode == 2
     assert f"instance is locked by first (pid {first.pid} on " in refused.stdout
 
+    command = Path(f"/proc/{first.pid}/cmdline").read_bytes()
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     (killed, refused_start) = read_log(log, "start")
     assert [line["run"] for line in read_log(log)] == [refused_start["run"]]  # the killed run never ended
+
+    # The worker running the sleep outlives its killed parent: until it ends, the holder is not dead.
+    assert leftover_workers(command)
+    early = run_playbook(tmp_path, LOCKED_WORK, env={"HOLDER": "early", "SLEEP": "0"})
+    assert early.returncode == 2 and "instance is locked by first" in early.stdout
+    deadline = time.monotonic() + 60
+    while leftover_workers(command) and time.monotonic() < deadline:
+        time.sleep(0.5)
 
     third = run_playbook(tmp_path, LOCKED_WORK, env={"HOLDER": "third", "SLEEP": "0"})
     assert third.returncode == 0, third.stdout
