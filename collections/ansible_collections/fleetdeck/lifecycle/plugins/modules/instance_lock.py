@@ -10,7 +10,8 @@ description:
   - Keeps a small JSON lock file on the instance naming its holder, the controller process and the start time.
   - A second operation on a locked instance fails at once, naming the holder.
   - The action plugin of the same name fills in O(controller), O(pid) and O(pid_started) on the controller, and
-    takes over a lock whose holder ran on this controller and whose process is gone (O(take_over)).
+    takes over a lock whose holder ran on this controller and whose process and task workers are gone
+    (O(take_over)).
   - Only the holder (same O(token)) releases a lock, unless O(force=true).
 version_added: "0.1.0"
 author: fleetdeck maintainers
@@ -87,6 +88,10 @@ took_over:
   description: The dead holder's lock this run replaced.
   returned: when a lock was taken over
   type: dict
+locked:
+  description: V(true) when another run holds the instance (the task failed; RV(lock) is that run's lock).
+  returned: when refused
+  type: bool
 """
 
 import json
