@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from tests.fleet import Fleet
-from tests.playbook import BIN, REPO, PlaybookResult, ansible_playbook
+from tests.playbook import BIN, REPO, PlaybookResult, finished, start_playbook
 from tests.refapp.build import build
 
 
@@ -56,12 +56,19 @@ class Deployment:
             raise AssertionError(f"scripts/{name} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         return proc
 
-    def playbook(self, playbook: str, *args: str, env: dict[str, str] | None = None) -> PlaybookResult:
-        result = ansible_playbook(playbook, self.inventory, "-e", f"app_artifact_controller_dir={self.dist}",
-                                  "-e", "app_artifact_base_url=", "-e", f"@{REPO / 'tests/fleet_overrides.yml'}",
-                                  *args, env={**self.env, **(env or {})})
+    def start(self, playbook: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """The playbook on this environment, started (finish it with playbook_finished)."""
+        return start_playbook(playbook, self.inventory, "-e", f"app_artifact_controller_dir={self.dist}",
+                              "-e", "app_artifact_base_url=", "-e", f"@{REPO / 'tests/fleet_overrides.yml'}",
+                              *args, env={**self.env, **(env or {})})
+
+    def playbook_finished(self, proc: subprocess.Popen) -> PlaybookResult:
+        result = finished(proc)
         self.outputs.append(result.output)
         return result
+
+    def playbook(self, playbook: str, *args: str, env: dict[str, str] | None = None) -> PlaybookResult:
+        return self.playbook_finished(self.start(playbook, *args, env=env))
 
     def on(self, instance: str, command: str, check: bool = True) -> str:
         return self.fleet.ssh(self.instances[instance], command, check=check).stdout

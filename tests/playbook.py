@@ -24,14 +24,29 @@ class PlaybookResult:
         return {host: counts["changed"] for host, counts in self.recap.items()}
 
 
-def ansible_playbook(playbook: str, inventory: Path | str, *args: str, env: dict[str, str] | None = None,
-                     timeout: float = 900) -> PlaybookResult:
-    """`ansible-playbook -i INVENTORY playbooks/PLAYBOOK ARGS...` with the project's ansible.cfg."""
+def start_playbook(playbook: str, inventory: Path | str, *args: str, env: dict[str, str] | None = None,
+                   ) -> subprocess.Popen:
+    """`ansible-playbook -i INVENTORY playbooks/PLAYBOOK ARGS...` with the project's ansible.cfg, started."""
     cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook), *args]
     path = f"{BIN}:{os.environ['PATH']}"
     full_env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PATH": path, **(env or {})}
-    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
-    output = proc.stdout + proc.stderr
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ansible_playbook(playbook: str, inventory: Path | str, *args: str, env: dict[str, str] | None = None,
+                     timeout: float = 900) -> PlaybookResult:
+    """`ansible-playbook -i INVENTORY playbooks/PLAYBOOK ARGS...` run to its end."""
+    return finished(start_playbook(playbook, inventory, *args, env=env), timeout)
+
+
+def finished(proc: subprocess.Popen, timeout: float = 900) -> PlaybookResult:
+    """Wait for a started ansible-playbook and read its recap."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    output = stdout + stderr
     recap = {m[1]: dict(zip(("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored"),
                             map(int, m.groups()[1:]), strict=True))
              for m in RECAP_RE.finditer(output)}

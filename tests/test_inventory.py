@@ -424,7 +424,7 @@ def test_an_undecryptable_vault_fails_only_its_instance_and_names_the_file(env, 
             "cannot be decrypted with the vault password (Decryption failed") in output
     assert recap(output, "acme") == ["ok=1", "changed=1", "unreachable=0", "failed=0"]
     assert recap(output, "globex") == ["ok=0", "changed=0", "unreachable=0", "failed=1"]
-    rc, output = play(REPO / "playbooks/smoke.yml", "-e", "app_health_url=")
+    rc, output = play(REPO / "playbooks/smoke_check.yml", "-e", "app_health_url=")
     assert rc == 2, output
     assert re.search(r"acme +192.0.2.10 +n/a", output), output
     assert re.search(r"globex +192.0.2.20 +BAD VARS +- +\S*/host_vars/globex/vault.yml:\s+cannot be decrypted", output)

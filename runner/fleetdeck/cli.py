@@ -1,14 +1,16 @@
-"""Command line of scripts/add-instance, bootstrap-vault, check-inventory, rekey-vault, secret-age, vault-update."""
+"""Command line of scripts/add-instance, audit, bootstrap-vault, check-inventory, rekey-vault, secret-age and
+vault-update."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fleetdeck import age, inventory, inventory_check, rekey, scaffold, vault, vault_update
+from fleetdeck import age, audit, inventory, inventory_check, rekey, scaffold, vault, vault_update
 from fleetdeck.errors import FleetdeckError, Refused
 
 DEFAULT_ENV = scaffold.REPO / "inventory" / "production"
@@ -63,6 +65,25 @@ def secret_age(args: argparse.Namespace) -> None:
     table = [("INSTANCE", "SECRET", "AGE (DAYS)", "ROTATE EVERY", "STATUS")]
     table += [(r.host, r.secret, "unknown" if r.age_days is None else str(r.age_days),
                str(r.rotate_every_days), "OVERDUE" if r.overdue else "ok") for r in rows]
+    _print_table(table)
+
+
+def audit_unfinished(args: argparse.Namespace) -> None:
+    runs = audit.unfinished(audit.read(args.log))
+    if args.json:
+        print(json.dumps({"runs": [asdict(run) for run in runs],
+                          "instances": {instance: run.run for run in runs for instance in run.locked}}))
+        return
+    if not runs:
+        print(f"no unfinished runs in {args.log}")
+        return
+    table = [("RUN", "STARTED", "OPERATOR", "SOURCE", "PLAYBOOK", "STILL LOCKED")]
+    table += [(r.run, r.started, r.operator, r.source, r.playbook, ", ".join(r.locked) or "-") for r in runs]
+    _print_table(table)
+    print("a run listed here is still running or was killed; a later run on its instances takes over its locks")
+
+
+def _print_table(table: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -89,6 +110,13 @@ def parser() -> argparse.ArgumentParser:
     env = argparse.ArgumentParser(add_help=False)
     env.add_argument("-i", "--inventory", type=Path, default=DEFAULT_ENV,
                      help="environment directory (default: inventory/production)")
+
+    cmd = commands.add_parser("audit", help="read the audit log of mutating playbook runs")
+    cmd.add_argument("report", choices=("unfinished",), help="unfinished: runs that started and never ended")
+    cmd.add_argument("--log", type=Path, default=audit.log_path(),
+                     help="audit log (default: $FLEETDECK_AUDIT_LOG, else ~/.local/state/fleetdeck/audit.log)")
+    cmd.add_argument("--json", action="store_true", help="as JSON: {runs: [...], instances: {instance: run}}")
+    cmd.set_defaults(run=audit_unfinished)
 
     cmd = commands.add_parser("bootstrap-vault", parents=[env], help="create the vault password file")
     cmd.set_defaults(run=bootstrap_vault)

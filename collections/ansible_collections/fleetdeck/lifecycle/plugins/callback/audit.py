@@ -6,23 +6,27 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: audit
 type: aggregate
-short_description: Append one JSON line per host to an audit log for mutating playbooks
+short_description: Append JSON lines to an audit log when a mutating playbook run starts, locks and ends
 version_added: 0.1.0
 description:
-  - At the end of each playbook run, appends one JSON line per audited host to an append-only log on
-    the controller.
-  - Only plays that set the play variable C(fleetdeck_audit_action) (for example V(upgrade)) are audited;
-    a host gets a line when it ran a task in such a play. Its C(result) and C(changed) count cover the
-    whole playbook run of that host, as in the play recap.
-  - "Line fields: C(time) (UTC, end of run), C(operator) (env E(FLEETDECK_OPERATOR), else the login user),
-    C(source) (env E(FLEETDECK_RUN_SOURCE), default V(cli)), C(playbook) (basename), C(action) (several
-    actions joined with V(+)), C(instance), C(version_from), C(version_to), C(result) (V(ok), V(changed),
-    V(failed), V(unreachable) or V(skipped)), C(changed) (number of changed tasks), C(check_mode)."
-  - C(version_from) and C(version_to) come from the host variables C(fleetdeck_audit_version_from) and
-    C(fleetdeck_audit_version_to), typically set by roles with M(ansible.builtin.set_fact); V(null) when
-    unset. No other variable value is ever written.
-  - The log is opened with O_APPEND, created with mode 0600, and locked with flock while a run's lines are
-    written, so concurrent runs never interleave.
+  - Only plays that set the play variable C(fleetdeck_audit_action) (for example V(upgrade)) are audited.
+  - Every line has C(event), C(run) (V(<controller>/<pid>/<process start ticks>) of the run's ansible-playbook,
+    the same identity the instance lock records) and C(time) (UTC).
+  - "V(start): written when an audited play starts, naming instances not named before in this run: C(operator)
+    (env E(FLEETDECK_OPERATOR), else the login user), C(source) (env E(FLEETDECK_RUN_SOURCE), default V(cli)),
+    C(playbook) (basename), C(action), C(instances), C(check_mode)."
+  - "V(locked): written as soon as a run holds an instance's lock: C(instance), C(version_from) (the release it
+    runs then) and C(took_over) (the lock of a dead run this run replaced, else V(null))."
+  - "V(end): one per instance when the run ends: C(operator), C(source), C(playbook), C(action) (several actions
+    joined with V(+)), C(instance), C(version_from), C(version_to), C(result) (V(ok), V(changed), V(failed),
+    V(unreachable), V(skipped), or V(interrupted) when ansible-playbook stopped before its recap),
+    C(changed) (number of changed tasks), C(check_mode). A run with a V(start) line and no V(end) line never
+    ended (the controller was killed)."
+  - Versions are the instance's local fact C(ansible_local.app.current) (the release the app role recorded),
+    C(version_from) when the lock was taken (else when the run ended), C(version_to) when the run ended;
+    V(null) when unknown. No other variable value is ever written.
+  - The log is opened with O_APPEND, created with mode 0600, and locked with flock while lines are written,
+    so concurrent runs never interleave within a line, and a run's V(end) lines stay together.
 requirements:
   - Enable it with C(callbacks_enabled = fleetdeck.lifecycle.audit) in ansible.cfg or
     E(ANSIBLE_CALLBACKS_ENABLED).
@@ -40,18 +44,21 @@ author:
   - fleetdeck maintainers (@fleetdeck)
 """
 
+import atexit
 import fcntl
 import getpass
 import json
 import os
+import socket
 from datetime import UTC, datetime
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 from ansible.template import Templar
+from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.run_identity import process_started, run_id
 
 ACTION_VAR = "fleetdeck_audit_action"
-VERSION_VARS = ("fleetdeck_audit_version_from", "fleetdeck_audit_version_to")
+LOCK_ACTIONS = ("fleetdeck.lifecycle.instance_lock", "instance_lock")
 
 
 def _operator():
@@ -61,6 +68,10 @@ def _operator():
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
+
+
+def _now():
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _result(summary):
@@ -75,7 +86,7 @@ def _result(summary):
 
 def _version(value):
     """Only plain scalars are written; anything else could carry more than a version."""
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value):
         return str(value)
     return None
 
@@ -88,44 +99,65 @@ class CallbackModule(CallbackBase):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._start_playbook(None)
-
-    def _start_playbook(self, name):
-        self._playbook = name
+        pid = os.getpid()
+        self._run = run_id(socket.gethostname(), pid, process_started(pid) or 0)
+        self._playbook = None
         self._play = None
         self._action = None
-        self._hosts = {}  # host name -> {"host", "play", "actions"}
+        self._hosts = {}  # host name -> {"host", "play", "actions", "version_from"}
         self._targeted = set()
+        self._ended = False
+        atexit.register(self._interrupted)
 
     def v2_playbook_on_start(self, playbook):
-        self._start_playbook(os.path.basename(playbook._file_name))
+        self._playbook = os.path.basename(playbook._file_name)
+
+    def _common(self):
+        return {"operator": _operator(), "source": os.environ.get("FLEETDECK_RUN_SOURCE") or "cli",
+                "playbook": self._playbook}
 
     def v2_playbook_on_play_start(self, play):
         # Called once per serial batch, each time with a fresh copy of the play.
         self._play = play
         raw = play.get_vars().get(ACTION_VAR)
-        if raw:
-            variables = play.get_variable_manager().get_vars(play=play, include_hostvars=False)
-            templar = Templar(loader=play.get_loader(), variables=variables)
-            raw = templar.template(raw)
-            # The play's whole host list, so that the summary also names instances never reached.
-            inventory = play.get_variable_manager()._inventory
-            self._targeted.update(h.name for h in inventory.get_hosts(templar.template(play.hosts)))
-        self._action = str(raw) if raw else None
+        self._action = None
+        if not raw:
+            return
+        variables = play.get_variable_manager().get_vars(play=play, include_hostvars=False)
+        templar = Templar(loader=play.get_loader(), variables=variables)
+        self._action = str(templar.template(raw))
+        # The play's whole host list, so that the summary also names instances never reached.
+        inventory = play.get_variable_manager()._inventory
+        targeted = {h.name for h in inventory.get_hosts(templar.template(play.hosts))}
+        new = sorted(targeted - self._targeted)
+        self._targeted |= targeted
+        if new:
+            self._write([dict(self._line("start"), **self._common(), action=self._action, instances=new,
+                              check_mode=self._check_mode())])
+
+    def _line(self, event):
+        return {"event": event, "run": self._run, "time": _now()}
+
+    @staticmethod
+    def _check_mode():
+        return bool(context.CLIARGS.get("check", False))
 
     def _seen(self, host):
         if self._action is None:
-            return
-        entry = self._hosts.setdefault(host.name, {"host": host, "actions": []})
+            return None
+        entry = self._hosts.setdefault(host.name, {"host": host, "actions": [], "version_from": None})
         entry["play"] = self._play
         if self._action not in entry["actions"]:
             entry["actions"].append(self._action)
+        return entry
 
     def v2_runner_on_start(self, host, task):
         self._seen(host)
 
     def v2_runner_on_ok(self, result):
-        self._seen(result.host)
+        entry = self._seen(result.host)
+        if entry and result.task.action in LOCK_ACTIONS and result.task.args.get("state", "acquired") == "acquired":
+            self._locked(entry, result.result)
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         self._seen(result.host)
@@ -136,49 +168,55 @@ class CallbackModule(CallbackBase):
     def v2_runner_on_unreachable(self, result):
         self._seen(result.host)
 
-    def _versions(self, entry):
+    def _locked(self, entry, result):
+        entry["version_from"] = self._running_version(entry)
+        dead = result.get("took_over")
+        self._write([dict(self._line("locked"), instance=entry["host"].name, version_from=entry["version_from"],
+                          took_over=dict(dead, run=run_id(dead.get("controller"), dead.get("pid"),
+                                                          dead.get("pid_started"))) if dead else None)])
+
+    def _running_version(self, entry):
+        """ansible_local.app.current of the host as the run knows it now."""
         play = entry["play"]
-        variables = play.get_variable_manager().get_vars(
-            play=play, host=entry["host"], include_hostvars=False
-        )
-        templar = Templar(loader=play.get_loader(), variables=variables)
-        versions = []
-        for name in VERSION_VARS:
-            try:
-                versions.append(_version(templar.template(variables.get(name))))
-            except Exception as e:  # a broken template must not cost the audit line
-                self._display.warning(f"fleetdeck audit: cannot read {name} of {entry['host'].name}: {e}")
-                versions.append(None)
-        return versions
+        variables = play.get_variable_manager().get_vars(play=play, host=entry["host"], include_hostvars=False)
+        try:
+            local = Templar(loader=play.get_loader(), variables=variables).template(variables.get("ansible_local"))
+            return _version(local["app"]["current"])
+        except (KeyError, TypeError):
+            return None
+        except Exception as e:  # a broken template must not cost the audit line
+            self._display.warning(f"fleetdeck audit: cannot read the release of {entry['host'].name}: {e}")
+            return None
 
     def v2_playbook_on_stats(self, stats):
-        if not self._hosts:
-            return
-        common = {
-            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "operator": _operator(),
-            "source": os.environ.get("FLEETDECK_RUN_SOURCE") or "cli",
-            "playbook": self._playbook,
-        }
-        check_mode = bool(context.CLIARGS.get("check", False))
+        lines = self._end(stats)
+        if lines:
+            self._show_summary([line for line in lines if line["instance"]])
+
+    def _interrupted(self):
+        """At exit without a recap (interrupted, or a fatal error): the run still gets its end lines."""
+        if not self._ended:
+            self._end(None)
+
+    def _end(self, stats):
+        self._ended = True
+        if not self._targeted:
+            return []
         lines = []
         for name in sorted(self._hosts):
             entry = self._hosts[name]
-            summary = stats.summarize(name)
-            version_from, version_to = self._versions(entry)
-            record = dict(
-                common,
-                action="+".join(entry["actions"]),
-                instance=name,
-                version_from=version_from,
-                version_to=version_to,
-                result=_result(summary),
-                changed=summary["changed"],
-                check_mode=check_mode,
-            )
-            lines.append(json.dumps(record) + "\n")
-        self._append(lines)
-        self._show_summary([json.loads(line) for line in lines])
+            summary = stats.summarize(name) if stats else None
+            version_to = self._running_version(entry)
+            lines.append(dict(
+                self._line("end"), **self._common(), action="+".join(entry["actions"]), instance=name,
+                version_from=entry["version_from"] or version_to, version_to=version_to,
+                result=_result(summary) if summary else "interrupted",
+                changed=summary["changed"] if summary else None, check_mode=self._check_mode()))
+        if not lines:  # no audited play reached a host: still say that the run ended
+            lines.append(dict(self._line("end"), **self._common(), action=None, instance=None, version_from=None,
+                              version_to=None, result="skipped", changed=0, check_mode=self._check_mode()))
+        self._write(lines)
+        return lines
 
     def _show_summary(self, records):
         """Which instance is on which version now: the answer an operator needs after a stopped rollout."""
@@ -189,16 +227,16 @@ class CallbackModule(CallbackBase):
         for row in rows:
             self._display.display(f"{row[0]:<20} {row[1]:<12} {row[2]:<12} {row[3]}")
 
-    def _append(self, lines):
+    def _write(self, records):
         path = self.get_option("log_path")
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                # Hold the lock for the whole run so its lines stay together; closing releases it.
+                # Held while these lines are written, so that they stay together; closing releases it.
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                for line in lines:
-                    os.write(fd, line.encode("utf-8"))
+                for record in records:
+                    os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
             finally:
                 os.close(fd)
         except OSError as e:

@@ -12,7 +12,9 @@ short_description: Take or release the per-instance lock of a mutating fleetdeck
 description:
   - Keeps a small JSON lock file on the instance naming its holder, the controller process and the start time.
   - A second operation on a locked instance fails at once, naming the holder.
-  - A lock older than O(stale_after) seconds is taken over, with a warning (its holder is presumed dead).
+  - The action plugin of the same name fills in O(controller), O(pid) and O(pid_started) on the controller, and
+    takes over a lock whose holder ran on this controller and whose process and task workers are gone
+    (O(take_over)).
   - Only the holder (same O(token)) releases a lock, unless O(force=true).
 version_added: "0.1.0"
 author:
@@ -35,14 +37,27 @@ options:
     description: Secretless random value identifying this run; releasing needs the same token.
     type: str
     required: true
+  controller:
+    description: Host name of the controller running the holder's ansible-playbook.
+    type: str
+    default: ''
   pid:
-    description: Process id of the controller's ansible-playbook, for the record.
+    description: Process id of the holder's ansible-playbook on O(controller).
     type: int
     default: 0
-  stale_after:
-    description: Seconds after which a lock is considered abandoned and may be taken over.
+  pid_started:
+    description: Start time of that process (clock ticks since boot), so that a reused pid is not taken for it.
     type: int
-    default: 3600
+    default: 0
+  command:
+    description: sha256 of that process's command line, to recognise task workers it left behind.
+    type: str
+    default: ''
+  take_over:
+    description:
+      - The lock of a holder known to be dead (as returned in RV(lock)); it is replaced by this run's lock if it
+        is still the one on the instance. Any other lock is refused as usual.
+    type: dict
   force:
     description: With O(state=released), remove the lock whoever holds it (for a stale lock).
     type: bool
@@ -77,7 +92,16 @@ lock:
   description: The lock as found or as written.
   returned: always
   type: dict
-  sample: {"holder": "alice@ops1 upgrade", "pid": 4242, "started_at": 1763900000.5, "started": "2026-11-23T12:13:20Z"}
+  sample: {"holder": "alice@ops1 upgrade", "controller": "ops1", "pid": 4242, "pid_started": 81234,
+           "started_at": 1763900000.5, "started": "2026-11-23T12:13:20Z"}
+took_over:
+  description: The dead holder's lock this run replaced.
+  returned: when a lock was taken over
+  type: dict
+locked:
+  description: V(true) when another run holds the instance (the task failed; RV(lock) is that run's lock).
+  returned: when refused
+  type: bool
 """
 
 import json
@@ -97,9 +121,14 @@ def _read(path):
         return {"holder": "unreadable lock file", "started_at": 0}
 
 
+def _public(lock):
+    return {k: v for k, v in lock.items() if k != "token"}
+
+
 def _describe(lock, now):
     age = int(now - float(lock.get("started_at", 0)))
-    return f"{lock.get('holder', '?')} (pid {lock.get('pid', '?')}, since {lock.get('started', '?')}, {age}s ago)"
+    where = f"pid {lock.get('pid', '?')}" + (f" on {lock['controller']}" if lock.get("controller") else "")
+    return f"{lock.get('holder', '?')} ({where}, since {lock.get('started', '?')}, {age}s ago)"
 
 
 def _write_new(path, lock):
@@ -111,40 +140,44 @@ def _write_new(path, lock):
 
 def acquire(module, path, now):
     params = module.params
-    lock = {"holder": params["holder"], "token": params["token"], "pid": params["pid"], "started_at": now,
+    lock = {"holder": params["holder"], "token": params["token"], "controller": params["controller"],
+            "pid": params["pid"], "pid_started": params["pid_started"], "command": params["command"],
+            "started_at": now,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
-    public = {k: v for k, v in lock.items() if k != "token"}
     found = _read(path)
     if found and found.get("token") == params["token"]:
-        return {"changed": False, "lock": public}
-    if found and now - float(found.get("started_at", 0)) < params["stale_after"]:
+        return {"changed": False, "lock": _public(found)}
+    dead = found is not None and params["take_over"] is not None and _public(found) == params["take_over"]
+    if found and not dead:
         module.fail_json(msg=f"instance is locked by {_describe(found, now)}; wait for it to finish, or if "
                              f"that run is dead release the lock: ansible-playbook playbooks/unlock.yml --limit "
-                             f"<instance>", lock={k: v for k, v in found.items() if k != "token"})
+                             f"<instance>", lock=_public(found), locked=True)
+    result = {"changed": True, "lock": _public(lock)}
+    if dead:
+        result["took_over"] = _public(found)
     if module.check_mode:
-        return {"changed": True, "lock": public}
+        return result
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    if found:
-        module.warn(f"took over a stale lock held by {_describe(found, now)}")
+    if dead:
         os.unlink(path)
     try:
         _write_new(path, lock)
     except FileExistsError:
-        module.fail_json(msg=f"instance is locked by {_describe(_read(path) or {}, now)} (taken a moment ago)")
-    return {"changed": True, "lock": public}
+        module.fail_json(msg=f"instance is locked by {_describe(_read(path) or {}, now)} (taken a moment ago)",
+                         lock=_public(_read(path) or {}), locked=True)
+    return result
 
 
 def release(module, path, now):
     found = _read(path)
     if found is None:
         return {"changed": False, "lock": {}}
-    public = {k: v for k, v in found.items() if k != "token"}
     if found.get("token") != module.params["token"] and not module.params["force"]:
         module.warn(f"lock is held by {_describe(found, now)}, not by this run; left in place")
-        return {"changed": False, "lock": public}
+        return {"changed": False, "lock": _public(found)}
     if not module.check_mode:
         os.unlink(path)
-    return {"changed": True, "lock": public}
+    return {"changed": True, "lock": _public(found)}
 
 
 def main():
@@ -154,8 +187,11 @@ def main():
             "path": {"type": "path", "default": "/var/lib/fleetdeck/lock.json"},
             "holder": {"type": "str", "default": "unknown"},
             "token": {"type": "str", "required": True, "no_log": False},
+            "controller": {"type": "str", "default": ""},
             "pid": {"type": "int", "default": 0},
-            "stale_after": {"type": "int", "default": 3600},
+            "pid_started": {"type": "int", "default": 0},
+            "command": {"type": "str", "default": ""},
+            "take_over": {"type": "dict"},
             "force": {"type": "bool", "default": False},
         },
         supports_check_mode=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import signal
 import stat
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from pathlib import Path
 from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import cli_env
 
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
-FIELDS = ["time", "operator", "source", "playbook", "action", "instance", "version_from", "version_to",
-          "result", "changed", "check_mode"]
+FIELDS = ["event", "run", "time", "operator", "source", "playbook", "action", "instance", "version_from",
+          "version_to", "result", "changed", "check_mode"]
 
 UPGRADE = """
 - hosts: app
@@ -25,8 +26,12 @@ UPGRADE = """
     db_password: hunter2
   tasks:
     - ansible.builtin.set_fact:
-        fleetdeck_audit_version_from: "1.1.0"
-        fleetdeck_audit_version_to: "{{ target_version }}"
+        ansible_local: {app: {current: "1.1.0"}}
+    - fleetdeck.lifecycle.instance_lock:
+        path: "{{ playbook_dir }}/locks/{{ inventory_hostname }}.json"
+        token: "{{ inventory_hostname }}-token"
+    - ansible.builtin.set_fact:
+        ansible_local: {app: {current: "{{ target_version }}"}}
     - ansible.builtin.command: "true"
     - ansible.builtin.command: "true"
       when: inventory_hostname == 'web1'
@@ -63,8 +68,8 @@ def run_playbook(tmp_path, text, *args, name="upgrade.yml", env=None, wait=True)
     return subprocess.run(cmd, env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
 
 
-def read_log(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def read_log(path, event="end"):
+    return [line for line in map(json.loads, path.read_text().splitlines()) if line["event"] == event]
 
 
 def test_one_line_per_host_with_all_fields(tmp_path):
@@ -89,9 +94,16 @@ def test_one_line_per_host_with_all_fields(tmp_path):
         when = datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         assert started <= when <= datetime.now(UTC) + timedelta(seconds=1)
     by_host = {line["instance"]: line for line in lines}
-    assert (by_host["web1"]["result"], by_host["web1"]["changed"]) == ("changed", 2)
-    assert (by_host["web2"]["result"], by_host["web2"]["changed"]) == ("failed", 1)
-    assert (by_host["web3"]["result"], by_host["web3"]["changed"]) == ("changed", 1)
+    assert (by_host["web1"]["result"], by_host["web1"]["changed"]) == ("changed", 3)
+    assert (by_host["web2"]["result"], by_host["web2"]["changed"]) == ("failed", 2)
+    assert (by_host["web3"]["result"], by_host["web3"]["changed"]) == ("changed", 2)
+    (start,) = read_log(log, "start")
+    assert start["instances"] == ["web1", "web2", "web3"] and start["action"] == "upgrade"
+    assert (start["operator"], start["playbook"], start["check_mode"]) == ("alice", "upgrade.yml", False)
+    assert {line["run"] for line in read_log(log, "start") + lines} == {start["run"]}
+    locked = read_log(log, "locked")
+    assert sorted((line["instance"], line["version_from"], line["took_over"]) for line in locked) == [
+        ("web1", "1.1.0", None), ("web2", "1.1.0", None), ("web3", "1.1.0", None)]
     assert "hunter2" not in log.read_text()
     summary = proc.stdout.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
     assert "web2                 failed       1.1.0        1.2.0" in summary
@@ -182,7 +194,7 @@ def test_concurrent_runs_write_whole_lines_per_run(tmp_path):
     lines = read_log(tmp_path / "state" / "fleetdeck" / "audit.log")  # every line is whole JSON
     assert len(lines) == 4 * len(hosts)
     sources = [line["source"] for line in lines]
-    # Each run's lines are written under one lock, so they form one contiguous block.
+    # Each run's end lines are written under one lock, so they form one contiguous block.
     blocks = [source for i, source in enumerate(sources) if i == 0 or sources[i - 1] != source]
     assert sorted(blocks) == [f"runner:{n}" for n in range(4)]
     for n in range(4):
@@ -202,3 +214,80 @@ def test_waits_for_the_log_lock(tmp_path):
         fcntl.flock(held, fcntl.LOCK_UN)
         assert proc.wait(timeout=60) == 0
     assert [line["instance"] for line in read_log(log)] == ["web1"]
+
+
+LOCKED_WORK = """
+- hosts: app
+  gather_facts: false
+  vars:
+    fleetdeck_audit_action: upgrade
+  tasks:
+    - fleetdeck.lifecycle.instance_lock:
+        path: "{{ playbook_dir }}/locks/{{ inventory_hostname }}.json"
+        holder: "{{ lookup('ansible.builtin.env', 'HOLDER') }}"
+        token: "{{ lookup('ansible.builtin.env', 'HOLDER') }}"
+    - ansible.builtin.command: sleep {{ lookup('ansible.builtin.env', 'SLEEP') }}
+"""
+
+
+def start_locked_run(tmp_path, holder, sleep):
+    """A run that holds web1's lock while it sleeps; returns once the lock is taken."""
+    proc = run_playbook(tmp_path, LOCKED_WORK, env={"HOLDER": holder, "SLEEP": str(sleep)}, wait=False)
+    log = tmp_path / "state" / "fleetdeck" / "audit.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and read_log(log, "locked")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert read_log(log, "locked"), "the run never took the lock"
+    return proc
+
+
+def leftover_workers(command):
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes() == command:
+                found.append(proc.name)
+        except OSError:
+            pass
+    return found
+
+
+def test_a_live_holder_is_refused_and_a_killed_one_taken_over(tmp_path):
+    write_inventory(tmp_path, "web1")
+    log = tmp_path / "state" / "fleetdeck" / "audit.log"
+    first = start_locked_run(tmp_path, "first", 15)
+
+    refused = run_playbook(tmp_path, LOCKED_WORK, env={"HOLDER": "second", "SLEEP": "0"})
+    assert refused.returncode == 2
+    assert f"instance is locked by first (pid {first.pid} on " in refused.stdout
+
+    command = Path(f"/proc/{first.pid}/cmdline").read_bytes()
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    (killed, refused_start) = read_log(log, "start")
+    assert [line["run"] for line in read_log(log)] == [refused_start["run"]]  # the killed run never ended
+
+    # The worker running the sleep outlives its killed parent: until it ends, the holder is not dead.
+    assert leftover_workers(command)
+    early = run_playbook(tmp_path, LOCKED_WORK, env={"HOLDER": "early", "SLEEP": "0"})
+    assert early.returncode == 2 and "instance is locked by first" in early.stdout
+    deadline = time.monotonic() + 60
+    while leftover_workers(command) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+    third = run_playbook(tmp_path, LOCKED_WORK, env={"HOLDER": "third", "SLEEP": "0"})
+    assert third.returncode == 0, third.stdout
+    assert f"web1: took over the lock of first (pid {first.pid} on " in third.stderr
+    took_over = [line for line in read_log(log, "locked") if line["took_over"]]
+    assert [(line["instance"], line["took_over"]["holder"], line["took_over"]["run"]) for line in took_over] == [
+        ("web1", "first", killed["run"])]
+    assert json.loads((tmp_path / "locks" / "web1.json").read_text())["holder"] == "third"
+
+
+def test_an_interrupted_run_still_ends(tmp_path):
+    write_inventory(tmp_path, "web1")
+    run = start_locked_run(tmp_path, "first", 30)
+    run.send_signal(signal.SIGINT)
+    run.wait(timeout=60)
+    (end,) = read_log(tmp_path / "state" / "fleetdeck" / "audit.log")
+    assert (end["instance"], end["result"]) == ("web1", "interrupted")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 
 from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import run_module
 
@@ -43,13 +42,18 @@ def test_second_run_fails_naming_the_holder(tmp_path):
     assert json.loads(path.read_text())["token"] == "t1"
 
 
-def test_stale_lock_is_taken_over_with_a_warning(tmp_path):
+def test_a_dead_holder_is_taken_over_only_while_it_still_holds(tmp_path):
     path = tmp_path / "lock.json"
-    path.write_text(json.dumps({"holder": "dead run", "token": "old", "started_at": time.time() - 7200}))
-    rc, result = lock(path, holder="bob", token="t2", stale_after=3600)
-    assert rc == 0 and result["changed"] is True
-    assert any("took over a stale lock held by dead run" in w for w in warnings(result))
+    lock(path, holder="dead run", token="old", controller="ops1", pid=7, pid_started=99)
+    _, refused = lock(path, holder="bob", token="t2")
+    assert refused["locked"] is True and "token" not in refused["lock"]
+    rc, result = lock(path, holder="bob", token="t2", take_over=refused["lock"])
+    assert rc == 0 and result["took_over"] == refused["lock"]
     assert json.loads(path.read_text())["holder"] == "bob"
+
+    rc, result = lock(path, holder="carol", token="t3", take_over=refused["lock"])  # no longer the dead one
+    assert rc == 1 and result["msg"].startswith("instance is locked by bob (pid 0, since")
+    assert json.loads(path.read_text())["token"] == "t2"
 
 
 def test_only_the_holder_releases_unless_forced(tmp_path):
