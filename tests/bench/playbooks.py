@@ -4,6 +4,7 @@ Run as root from the repository root (outside the test suite):
 
     .venv/bin/python -m tests.bench.playbooks                # 1, 5 and 20 hosts
     .venv/bin/python -m tests.bench.playbooks --hosts 1 5    # a quicker run
+    .venv/bin/python -m tests.bench.playbooks --hosts 20 --settings fleetdeck   # one side only, no ratio
 
 For each fleet size, two fleets of bare test hosts start side by side, one per settings, each with one
 canary instance per the scaffolding scripts. The steps then run on both, alternating which goes first:
@@ -83,7 +84,7 @@ def load() -> str:
 
 
 def bench_size(size: int, configs: dict[str, Path], workdir: Path) -> list[tuple[str, dict[str, Measure]]]:
-    fleets = {name: Fleet(f"b{name[:4]}") for name in SETTINGS}
+    fleets = {name: Fleet(f"b{name[:4]}") for name in configs}
     try:
         deployments = {}
         for name, fleet in fleets.items():
@@ -91,7 +92,7 @@ def bench_size(size: int, configs: dict[str, Path], workdir: Path) -> list[tuple
             deployments[name] = Deployment.create(fleet, workdir / f"{name}-{size}", canary=1)
         rows = []
         for index, (step, playbook, args) in enumerate(STEPS):
-            order = SETTINGS if index % 2 == 0 else SETTINGS[::-1]  # neither always runs on a fresher machine
+            order = list(configs) if index % 2 == 0 else list(configs)[::-1]  # neither always runs first
             rows.append((step, {name: measure(deployments[name], step, playbook, args, configs[name])
                                 for name in order}))
             print(f"  {size} hosts, {step}: " + ", ".join(f"{n} {m.seconds:.1f} s" for n, m in rows[-1][1].items()),
@@ -102,29 +103,35 @@ def bench_size(size: int, configs: dict[str, Path], workdir: Path) -> list[tuple
             fleet.down()
 
 
-def table(results: dict[int, list[tuple[str, dict[str, Measure]]]]) -> str:
-    lines = ["| hosts | step | host-tasks | stock s | fleetdeck s | stock t/s | fleetdeck t/s "
-             "| stock CPU ms/t | fleetdeck CPU ms/t | speed-up |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+def table(results: dict[int, list[tuple[str, dict[str, Measure]]]], settings: list[str]) -> str:
+    header = ["hosts", "step", "host-tasks", *(f"{n} {what}" for what in ("s", "t/s", "CPU ms/t") for n in settings)]
+    if len(settings) == 2:
+        header.append("speed-up")
+    lines = ["| " + " | ".join(header) + " |", "| ---: | --- |" + " ---: |" * (len(header) - 2)]
     for size, rows in results.items():
         for step, m in rows:
-            s, f = m["stock"], m["fleetdeck"]
-            lines.append(f"| {size} | {step} | {s.host_tasks}/{f.host_tasks} | {s.seconds:.1f} | {f.seconds:.1f} "
-                         f"| {s.rate:.1f} | {f.rate:.1f} | {s.cpu_ms_per_task:.0f} | {f.cpu_ms_per_task:.0f} "
-                         f"| {s.seconds / f.seconds:.2f}x |")
+            cells = [str(size), step, "/".join(str(m[n].host_tasks) for n in settings),
+                     *(f"{m[n].seconds:.1f}" for n in settings), *(f"{m[n].rate:.1f}" for n in settings),
+                     *(f"{m[n].cpu_ms_per_task:.0f}" for n in settings)]
+            if len(settings) == 2:
+                cells.append(f"{m['stock'].seconds / m['fleetdeck'].seconds:.2f}x")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, nargs="+", default=[1, 5, 20], help="fleet sizes (default 1 5 20)")
-    sizes = parser.parse_args().hosts
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS),
+                        help="which settings to run (default both, interleaved)")
+    args = parser.parse_args()
     print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}; load {load()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        configs = {"stock": write_stock_config(Path(tmp) / "stock.cfg"), "fleetdeck": PROJECT}
-        results = {size: bench_size(size, configs, Path(tmp)) for size in sizes}
+        paths = {"stock": write_stock_config(Path(tmp) / "stock.cfg"), "fleetdeck": PROJECT}
+        configs = {name: paths[name] for name in SETTINGS if name in args.settings}
+        results = {size: bench_size(size, configs, Path(tmp)) for size in args.hosts}
     print(f"load at the end {load()}")
-    print(table(results))
+    print(table(results, list(configs)))
 
 
 if __name__ == "__main__":

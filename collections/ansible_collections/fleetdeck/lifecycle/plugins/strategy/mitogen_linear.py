@@ -10,8 +10,8 @@ version_added: 0.1.0
 description:
   - Runs plays exactly like M(ansible.builtin.linear) (task by task across the hosts, C(serial) batches,
     handlers), but through Mitogen's persistent connections when the C(mitogen) Python package is
-    importable and accepts this ansible-core: one SSH connection and one Python process per host for the
-    whole play, modules run in that process instead of a fresh interpreter per task.
+    importable and accepts this ansible-core. Mitogen keeps one SSH connection and one Python process
+    per host for the whole play and runs modules in that process instead of a fresh interpreter per task.
   - When Mitogen cannot be imported or refuses this ansible-core, it prints one notice saying why and
     runs the stock M(ansible.builtin.linear) strategy.
   - To run without Mitogen although it is installed, choose the stock strategy, for example
