@@ -1,0 +1,55 @@
+# Copyright: fleetdeck contributors
+# MIT License (see galaxy.yml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: mitogen_linear
+short_description: The linear strategy over Mitogen when it is installed and supported, else stock linear
+version_added: 0.1.0
+description:
+  - Runs plays exactly like M(ansible.builtin.linear) (task by task across the hosts, C(serial) batches,
+    handlers), but through Mitogen's persistent connections when the C(mitogen) Python package is
+    importable and accepts this ansible-core. Mitogen keeps one SSH connection and one Python process
+    per host for the whole play and runs modules in that process instead of a fresh interpreter per task.
+  - When Mitogen cannot be imported or refuses this ansible-core, it prints one notice saying why and
+    runs the stock M(ansible.builtin.linear) strategy.
+  - To run without Mitogen although it is installed, choose the stock strategy, for example
+    E(ANSIBLE_STRATEGY=linear).
+requirements:
+  - Optional, for the speed-up, C(mitogen) (fleetdeck pins it in pyproject.toml).
+  - Select it with C(strategy = fleetdeck.lifecycle.mitogen_linear) in ansible.cfg.
+author:
+  - fleetdeck maintainers
+"""
+
+from ansible.errors import AnsibleError  # noqa: E402
+from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy  # noqa: E402
+from ansible.utils.display import Display  # noqa: E402
+
+display = Display()
+
+try:
+    # ansible_mitogen.loaders raises AnsibleError on import when it does not support this ansible-core.
+    import ansible_mitogen.loaders
+    import ansible_mitogen.strategy
+except (ImportError, AnsibleError) as exc:
+    MITOGEN_UNAVAILABLE = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+else:
+    MITOGEN_UNAVAILABLE = ""
+
+if MITOGEN_UNAVAILABLE:
+    _noticed = False
+
+    class StrategyModule(LinearStrategy):
+        def run(self, iterator, play_context):
+            global _noticed  # one notice per ansible-playbook run, not one per play
+            if not _noticed:
+                _noticed = True
+                display.warning(f"Mitogen is not used ({MITOGEN_UNAVAILABLE}); running the stock linear strategy")
+            return super().run(iterator, play_context)
+
+else:
+
+    class StrategyModule(ansible_mitogen.strategy.StrategyMixin, LinearStrategy):
+        pass
