@@ -23,9 +23,9 @@ author:
   - fleetdeck maintainers
 """
 
-from ansible.errors import AnsibleError  # noqa: E402
-from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy  # noqa: E402
-from ansible.utils.display import Display  # noqa: E402
+from ansible.errors import AnsibleError
+from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
+from ansible.utils.display import Display
 
 display = Display()
 
