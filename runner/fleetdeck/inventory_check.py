@@ -15,7 +15,7 @@ from pathlib import Path
 
 import paramiko
 
-from fleetdeck import catalog, inventory, validate, vault
+from fleetdeck import inventory, secrets_catalog, validate, vault
 from fleetdeck.errors import FleetdeckError, Refused
 
 REQUIRED = ("ansible_host", "app_domain", "fleetdeck_tier", "app_version", "app_features")
@@ -28,7 +28,7 @@ def check(env: str | Path, password: bytes | None = None) -> tuple[inventory.Inv
     """The environment and its problems (empty: all good). An unreadable hosts.yml, catalog or vault
     password file raises. Without `password`, the vault password file's."""
     inv = inventory.load(env)
-    secrets = catalog.load(inv.path)
+    secrets = secrets_catalog.load(inv.path)
     password = password or vault.read_password()
     problems: list[str] = []
     known = _known_hosts(inv.path / "known_hosts", problems)
@@ -91,7 +91,7 @@ def _settings(env: Path, host: str, groups: dict[str, list[str]], problems: list
     return settings
 
 
-def _vault(env: Path, host: str, secrets: list[catalog.Secret], password: bytes, problems: list[str]) -> None:
+def _vault(env: Path, host: str, secrets: list[secrets_catalog.Secret], password: bytes, problems: list[str]) -> None:
     name = f"host_vars/{host}/vault.yml"
     path = env / name
     if not path.is_file():

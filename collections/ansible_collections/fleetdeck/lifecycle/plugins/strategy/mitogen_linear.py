@@ -20,7 +20,7 @@ requirements:
   - Optional, for the speed-up, C(mitogen) (fleetdeck pins it in pyproject.toml).
   - Select it with C(strategy = fleetdeck.lifecycle.mitogen_linear) in ansible.cfg.
 author:
-  - fleetdeck maintainers
+  - fleetdeck maintainers (@fleetdeck)
 """
 
 from ansible.errors import AnsibleError

@@ -100,8 +100,8 @@ def test_release_summary_from_hostvars_like_mapping():
 
 
 def test_filter_module_exposes_all_filters():
-    assert set(FilterModule().filters()) == {"batch_plan", "redact", "release_summary", "hmac_sha256",
-                                            "sha256_for"}
+    filters = {"batch_plan", "redact", "release_summary", "hmac_sha256", "sha256_for"}
+    assert set(FilterModule().filters()) == filters
 
 
 PLAYBOOK = """

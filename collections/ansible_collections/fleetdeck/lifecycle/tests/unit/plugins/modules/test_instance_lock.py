@@ -45,7 +45,7 @@ def test_second_run_fails_naming_the_holder(tmp_path):
 def test_a_dead_holder_is_taken_over_only_while_it_still_holds(tmp_path):
     path = tmp_path / "lock.json"
     lock(path, holder="dead run", token="old", controller="ops1", pid=7, pid_started=99)
-    _, refused = lock(path, holder="bob", token="t2")
+    _rc, refused = lock(path, holder="bob", token="t2")
     assert refused["locked"] is True and "token" not in refused["lock"]
     rc, result = lock(path, holder="bob", token="t2", take_over=refused["lock"])
     assert rc == 0 and result["took_over"] == refused["lock"]
