@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import leftover_workers
 
 from tests.deployment import Deployment
 
@@ -38,17 +39,6 @@ def wait_for(condition, what, timeout=180):
 def has_release(deployment, instance, version):
     return deployment.on(instance, f"test -d /opt/refapp/releases/{version} && echo yes", check=False).strip() == "yes"
 
-
-def leftover_workers(command: bytes) -> list[str]:
-    """Processes with the killed ansible-playbook's command line: its task workers, until their task ends."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes() == command:
-                found.append(proc.name)
-        except OSError:
-            pass
-    return found
 
 
 def unfinished(deployment):

@@ -12,11 +12,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 from fleetdeck import vault
+from fleetdeck.service.app import create_app
 from fleetdeck.service.config import Settings, from_env
 
 from tests.playbook import BIN, REPO
@@ -98,6 +102,27 @@ def _make_env(base: Path, tree: dict, hosts: list[str], password_file: Path, ans
         **ansible_env,
     }
     return RunnerEnv(base, inventory, password_file, tokens, host_secrets, env)
+
+
+@contextmanager
+def in_process(runner_env: RunnerEnv) -> Iterator[RunnerEnv]:
+    """This process gets the environment a run needs (vault password, paths), not the service's settings:
+    those go to create_app (`app_for`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in runner_env.env.items():
+            if not key.startswith("FLEETDECK_RUNNER_"):
+                mp.setenv(key, value)
+        yield runner_env
+
+
+@contextmanager
+def app_for(runner_env: RunnerEnv, **overrides: str):
+    """The Flask app of a service in this process (for its test client), its executor stopped afterwards."""
+    application = create_app(runner_env.settings(**overrides))
+    try:
+        yield application
+    finally:
+        application.extensions["fleetdeck"].executor.shutdown()
 
 
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1):

@@ -9,10 +9,9 @@ import os
 
 import pytest
 from fleetdeck import vault
-from fleetdeck.service import create_app
 from fleetdeck.service.processes import process_groups
 
-from tests.runner.service import make_env, wait_until
+from tests.runner.service import app_for, in_process, make_env, wait_until
 
 FLEET_SIZE = 3
 pytestmark = pytest.mark.fleet
@@ -20,19 +19,14 @@ pytestmark = pytest.mark.fleet
 
 @pytest.fixture(scope="module")
 def env(fleet, tmp_path_factory):
-    runner_env = make_env(fleet, tmp_path_factory.mktemp("runner"))
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in runner_env.env.items():
-            if not key.startswith("FLEETDECK_RUNNER_"):
-                mp.setenv(key, value)
+    with in_process(make_env(fleet, tmp_path_factory.mktemp("runner"))) as runner_env:
         yield runner_env
 
 
 @pytest.fixture(scope="module")
 def app(env):
-    application = create_app(env.settings())
-    yield application
-    application.extensions["fleetdeck"].executor.shutdown()
+    with app_for(env) as application:
+        yield application
 
 
 @pytest.fixture

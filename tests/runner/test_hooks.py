@@ -12,9 +12,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from fleetdeck.service import create_app
 
-from tests.runner.service import make_local_env, wait_until
+from tests.runner.service import app_for, in_process, make_local_env, wait_until
 
 HOOK_SECRET = secrets.token_hex(24)
 HUB_SECRET = secrets.token_hex(24)
@@ -53,25 +52,21 @@ def hub():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    runner_env = make_local_env(tmp_path_factory.mktemp("runner"))
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in runner_env.env.items():
-            mp.setenv(key, value)
+    with in_process(make_local_env(tmp_path_factory.mktemp("runner"))) as runner_env:
         yield runner_env
 
 
 @pytest.fixture(scope="module")
 def app(env, hub):
-    settings = env.settings(
+    with app_for(
+        env,
         FLEETDECK_HOOK_SECRET=HOOK_SECRET,
         FLEETDECK_HOOK_TARGET="testfleet",
         FLEETDECK_HUB_URL=f"http://127.0.0.1:{hub.server_port}/runs",
         FLEETDECK_HUB_SECRET=HUB_SECRET,
         FLEETDECK_HUB_BACKOFF="0.2",
-    )
-    application = create_app(settings)
-    yield application
-    application.extensions["fleetdeck"].executor.shutdown()
+    ) as application:
+        yield application
 
 
 @pytest.fixture

@@ -5,29 +5,23 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from fleetdeck.service import create_app
 from schemathesis.config import SchemathesisConfig
 
-from tests.runner.service import make_local_env
+from tests.runner.service import app_for, in_process, make_local_env
 
 MAX_EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    runner_env = make_local_env(tmp_path_factory.mktemp("runner"))
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in runner_env.env.items():
-            if not key.startswith("FLEETDECK_RUNNER_"):
-                mp.setenv(key, value)
+    with in_process(make_local_env(tmp_path_factory.mktemp("runner"))) as runner_env:
         yield runner_env
 
 
 @pytest.fixture(scope="module")
 def app(env):
-    application = create_app(env.settings(FLEETDECK_HOOK_SECRET="k2Vq9xT4mZ7rB1nW8cY3pL6sD0fH5jGa"))
-    yield application
-    application.extensions["fleetdeck"].executor.shutdown()
+    with app_for(env, FLEETDECK_HOOK_SECRET="k2Vq9xT4mZ7rB1nW8cY3pL6sD0fH5jGa") as application:
+        yield application
 
 
 @pytest.fixture(scope="module")

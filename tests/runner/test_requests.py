@@ -4,28 +4,22 @@ hosts: the inventory's hosts are `ansible_connection: local`, so the runs starte
 from __future__ import annotations
 
 import pytest
-from fleetdeck.service import create_app
 
-from tests.runner.service import LOCAL_HOSTS, make_local_env, wait_until
+from tests.runner.service import LOCAL_HOSTS, app_for, in_process, make_local_env, wait_until
 
 ACTIVE = ("queued", "waiting", "running")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    runner_env = make_local_env(tmp_path_factory.mktemp("runner"))
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in runner_env.env.items():
-            if not key.startswith("FLEETDECK_RUNNER_"):
-                mp.setenv(key, value)
+    with in_process(make_local_env(tmp_path_factory.mktemp("runner"))) as runner_env:
         yield runner_env
 
 
 @pytest.fixture(scope="module")
 def app(env):
-    application = create_app(env.settings())
-    yield application
-    application.extensions["fleetdeck"].executor.shutdown()
+    with app_for(env) as application:
+        yield application
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Helpers for the unit tests: a scripted local HTTP server, a way to run a module file for real, and the
-environment for running the ansible CLIs on this collection."""
+"""Helpers for the unit tests: a scripted local HTTP server, a way to run a module file for real, the
+environment for running the ansible CLIs on this collection, and the task workers a killed run left."""
 
 from __future__ import annotations
 
@@ -82,3 +82,15 @@ def cli_env(**extra):
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return dict(env, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH), **extra)
+
+
+def leftover_workers(command: bytes) -> list[str]:
+    """Processes with a killed ansible-playbook's command line: its task workers, until their task ends."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes() == command:
+                found.append(proc.name)
+        except OSError:
+            pass
+    return found

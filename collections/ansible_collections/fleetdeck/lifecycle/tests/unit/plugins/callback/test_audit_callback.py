@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import cli_env
+from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import cli_env, leftover_workers
 
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 FIELDS = ["event", "run", "time", "operator", "source", "playbook", "action", "instance", "version_from",
@@ -240,16 +240,6 @@ def start_locked_run(tmp_path, holder, sleep):
     assert read_log(log, "locked"), "the run never took the lock"
     return proc
 
-
-def leftover_workers(command):
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes() == command:
-                found.append(proc.name)
-        except OSError:
-            pass
-    return found
 
 
 def test_a_live_holder_is_refused_and_a_killed_one_taken_over(tmp_path):
