@@ -383,3 +383,16 @@ def test_actions_instances_readyz_metrics(client, env):
     metrics = client.get("/metrics", headers=env.auth("reader")).get_data(as_text=True)
     assert 'fleetdeck_runner_runs_total{action="ping",status="successful"}' in metrics
     assert "fleetdeck_runner_active_leases 0.0" in metrics
+
+
+def test_a_broken_inventory_is_503_naming_the_file_and_nothing_runs(tmp_path):
+    broken = make_local_env(tmp_path)
+    hosts_file = broken.inventory / "hosts.yml"
+    hosts_file.write_text("all: [unclosed\n")
+    with in_process(broken), app_for(broken) as application:
+        client = application.test_client()
+        started = client.post("/v1/runs", json={"action": "ping", "target": "local-1"}, headers=broken.auth())
+        is_api_error(started, 503, "inventory_unavailable")
+        assert str(hosts_file) in started.get_json()["error"]["message"]
+        is_api_error(client.get("/v1/instances", headers=broken.auth()), 503, "inventory_unavailable")
+        assert client.get("/v1/runs", headers=broken.auth()).get_json()["runs"] == []

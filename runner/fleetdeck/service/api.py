@@ -7,8 +7,6 @@ import re
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
-from fleetdeck import inventory
-
 from . import runs
 from .auth import require
 from .body import json_object
@@ -158,7 +156,7 @@ def list_actions():
 @require("read")
 def list_instances():
     svc = service()
-    inv = inventory.load(svc.settings.inventory)
+    inv = runs.load_inventory(svc)
     groups = inv.groups()
     leases = svc.store.leases()
     return jsonify(

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from fleetdeck import inventory
+from fleetdeck.errors import FleetdeckError
 
 from .catalog import Action
 from .context import Service
@@ -161,11 +162,19 @@ def _flag(request: dict, name: str) -> bool:
     return value
 
 
+def load_inventory(svc: Service) -> inventory.Inventory:
+    """The runner's inventory, or 503 naming the file when an operator left it broken."""
+    try:
+        return inventory.load(svc.settings.inventory)
+    except FleetdeckError as exc:
+        raise ApiError(503, "inventory_unavailable", f"the runner's inventory cannot be read: {exc}") from None
+
+
 def _instances(svc: Service, action: Action, target: object) -> list[str]:
     """A target is an exact inventory name: a host (instance), a group, or `all` (the fleet)."""
     if not isinstance(target, str):
         raise ApiError(422, "invalid_field", "target must be a string (an inventory host or group name)")
-    inv = inventory.load(svc.settings.inventory)
+    inv = load_inventory(svc)
     groups = inv.groups()
     if target == "all":
         kind, instances = "fleet", groups["all"]
