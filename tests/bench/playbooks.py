@@ -8,7 +8,7 @@ Run as root from the repository root (outside the test suite):
 
 For each fleet size, two fleets of bare test hosts start side by side, one per settings, each with one
 canary instance per the scaffolding scripts. The steps then run on both, alternating which goes first:
-a cold deploy.yml, an idempotent deploy.yml (it must report changed=0), smoke.yml and a canary upgrade
+a cold deploy.yml, an idempotent deploy.yml (it must report changed=0), smoke_check.yml and a canary upgrade
 to the next release (3 s soak). Per step and settings: wall seconds, host-tasks (recap ok + skipped +
 failed + unreachable over every host), host-tasks per second, and controller CPU (user + system of
 ansible-playbook and every child process it waited for) per host-task; the ratio is stock / fleetdeck.
@@ -34,8 +34,8 @@ UPGRADE = ("-e", "app_version=1.1.0", "-e", "rollout_soak_seconds=3", "-e", "rol
 STEPS = (
     ("cold deploy", "deploy.yml", ()),
     ("idempotent deploy", "deploy.yml", ()),
-    ("smoke", "smoke.yml", ()),
-    ("canary upgrade", "canary-upgrade.yml", UPGRADE),
+    ("smoke", "smoke_check.yml", ()),
+    ("canary upgrade", "canary_upgrade.yml", UPGRADE),
 )
 SETTINGS = ("stock", "fleetdeck")
 
