@@ -14,13 +14,13 @@ from fleetdeck import vault
 from fleetdeck.service.executor import child_env, scrub
 from fleetdeck.service.redaction import MASK, Redactor
 
-KEY_LINES = [
-    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW",
-    "QyNTUxOQAAACDa8yZ2d0b2lGk0xQ7sQpTTSl3mV6x3Nn4oMq2VwL7cJwAAAJBb5b2kW+W9",
-    "pAAAAAtzc2gtZWQyNTUxOQAAACDa8yZ2d0b2lGk0xQ7sQpTTSl3mV6x3Nn4oMq2VwL7cJw",
+KEY_LINES = [  # made-up multi-line secret shaped like a PEM body (no real key)
+    "eXoF9+zQ/nOFORHAx/urShkvEIFxD7RvA+NqD2LPjfIhujCEy8fPnCqd2o/H0CcXXZeBpA",
+    "eDbgERmnBsfzgdSA0PNTmB4miIQkbJRPoGgp1JxKRAAL6qwnM42mDxtP9SlNog0SEh6m7A",
+    "bPGNx04KVYJyZp7M8jsV4FOZDOFtZoN9FLxG1buJKShnKjHhFGGKaql8FyUHr2hwpqB40Q",
     "AAAEBnQ0=",
 ]
-KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\n" + "\n".join(KEY_LINES) + "\n-----END OPENSSH PRIVATE KEY-----\n"
+KEY = "-----BEGIN FLEETDECK TEST SECRET-----\n" + "\n".join(KEY_LINES) + "\n-----END FLEETDECK TEST SECRET-----\n"
 PASSWORD = 'p@ss "w/rd"&x=1+ü%2F\\end'
 
 
@@ -34,7 +34,7 @@ def test_a_multi_line_value_is_masked_whole_and_line_by_line(redactor):
     shown = redactor.text(f"line two is {KEY_LINES[1]}!")
     assert shown == f"line two is {MASK}!"
     # Armor lines are the same in every key; a short last line is not a secret of its own.
-    assert redactor.text("-----BEGIN OPENSSH PRIVATE KEY-----") == "-----BEGIN OPENSSH PRIVATE KEY-----"
+    assert redactor.text("-----BEGIN FLEETDECK TEST SECRET-----") == "-----BEGIN FLEETDECK TEST SECRET-----"
     assert redactor.text("AAAEBnQ0=") == "AAAEBnQ0="
 
 
