@@ -58,7 +58,12 @@ def run_to_end(server, action, target, timeout=900, **params):
         run_now = server.call("GET", f"/v1/runs/{run['id']}")[1]
         return run_now if run_now["status"] not in ("queued", "waiting", "running") else None
 
-    return wait_until(done, timeout, interval=1)
+    finished = wait_until(done, timeout, interval=1)
+    if finished["status"] != "successful":
+        events = server.call("GET", f"/v1/runs/{run['id']}/events?limit=1000")[1]["events"]
+        finished["failures"] = [(e["host"], e["data"].get("task"), e["data"].get("res", {}).get("msg"))
+                                for e in events if e["type"] in ("runner_on_failed", "runner_on_unreachable")]
+    return finished
 
 
 def test_deploy_then_upgrade_through_the_api(server, deployment):

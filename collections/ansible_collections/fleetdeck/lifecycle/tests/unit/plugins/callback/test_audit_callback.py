@@ -241,7 +241,6 @@ def start_locked_run(tmp_path, holder, sleep):
     return proc
 
 
-
 def test_a_live_holder_is_refused_and_a_killed_one_taken_over(tmp_path):
     write_inventory(tmp_path, "web1")
     log = tmp_path / "state" / "fleetdeck" / "audit.log"
