@@ -40,6 +40,7 @@ ERRORS_VAR = "fleetdeck_inventory_errors"
 BROKEN_CONNECTION = "{{ undef(hint=(fleetdeck_inventory_errors | join('; ')) ~ '; fix it, or leave the host out') }}"
 
 _FAILED = {}  # path -> reason: a file that failed once is not decrypted again for every task
+_FOUND = {}  # (directory, entity name) -> its vars files, listed once per run like host_group_vars does
 
 
 class VarsModule(BaseVarsPlugin):
@@ -51,16 +52,19 @@ class VarsModule(BaseVarsPlugin):
         root = os.path.realpath(basedir(path))
         data = {}
         for entity in entities:
-            data = combine_vars(data, self._entity_vars(loader, root, entity))
+            data = combine_vars(data, self._entity_vars(loader, root, entity, cache))
         return data
 
-    def _entity_vars(self, loader, root, entity):
+    def _entity_vars(self, loader, root, entity, cache):
         is_host = entity.base_type is InventoryObjectType.HOST
         directory = os.path.join(root, "host_vars" if is_host else "group_vars")
-        if entity.name.startswith(os.path.sep) or not os.path.isdir(directory):
+        if entity.name.startswith(os.path.sep):
             return {}
+        key = (directory, entity.name)
+        if not cache or key not in _FOUND:
+            _FOUND[key] = loader.find_vars_files(directory, entity.name) if os.path.isdir(directory) else []
         data, problems = {}, []
-        for found in loader.find_vars_files(directory, entity.name):
+        for found in _FOUND[key]:
             if found in _FAILED:
                 problems.append(f"{found}: {_FAILED[found]}")
                 continue
