@@ -11,12 +11,16 @@ from fleetdeck.errors import FleetdeckError, Refused
 PREFERRED = "ssh-ed25519"
 
 
+class Unreachable(FleetdeckError):
+    """No SSH host key could be fetched from the address."""
+
+
 def fetch(address: str, port: int = 22, timeout: float = 5.0) -> paramiko.PKey:
     """The server's host key, ed25519 if it has one."""
     try:
         sock = socket.create_connection((address, port), timeout=timeout)
     except OSError as exc:
-        raise FleetdeckError(f"cannot reach {address} port {port} to fetch its SSH host key: "
+        raise Unreachable(f"cannot reach {address} port {port} to fetch its SSH host key: "
                              f"{exc.strerror or exc}") from None
     transport = paramiko.Transport(sock)
     try:
@@ -25,7 +29,7 @@ def fetch(address: str, port: int = 22, timeout: float = 5.0) -> paramiko.PKey:
         transport.start_client(timeout=timeout)
         return transport.get_remote_server_key()
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise FleetdeckError(f"{address} port {port} did not complete an SSH handshake: {exc}") from None
+        raise Unreachable(f"{address} port {port} did not complete an SSH handshake: {exc}") from None
     finally:
         transport.close()
 

@@ -16,6 +16,8 @@ from fleetdeck.errors import FleetdeckError, Refused
 
 TIER_GROUPS = {1: "tier1", 2: "tier2"}
 CANARY_GROUP = "canary"
+# Groups add-instance puts an instance in, by its tier and canary membership.
+PLACEMENT_GROUPS = frozenset({CANARY_GROUP, *TIER_GROUPS.values()})
 # Groups of the fixed layout plus Ansible's implicit ones; no instance may take these names.
 RESERVED_NAMES = frozenset({"all", "ungrouped", "fleet", CANARY_GROUP, *TIER_GROUPS.values()})
 HOSTS_HEADER = ("# Instances of this environment. scripts/add-instance rewrites this file:\n"
@@ -107,3 +109,19 @@ def _child(mapping: dict, *keys: str) -> dict:
             mapping[key] = {}
         mapping = mapping[key]
     return mapping
+
+
+def without_instance(tree: dict, name: str, groups: frozenset[str] | None = None) -> dict:
+    """A copy of the hosts.yml tree with `name` taken out of `groups` (default: every group)."""
+    tree = copy.deepcopy(tree)
+
+    def strip(group_name: str, group: dict | None) -> None:
+        if not isinstance(group, dict):
+            return
+        if isinstance(group.get("hosts"), dict) and (groups is None or group_name in groups):
+            group["hosts"].pop(name, None)
+        for child_name, child in (group.get("children") or {}).items():
+            strip(child_name, child)
+
+    strip("all", tree.get("all"))
+    return tree

@@ -29,10 +29,11 @@ KNOWN_HOSTS_HEADER = "# SSH host keys of this environment's instances, pinned by
 
 def add_instance(env: str | Path, name: str, domain: str, address: str, *, tier: int = 1,
                  canary: bool = False, version: str = "1.0.0", port: int = 22,
-                 host_key: bool = True) -> list[Path]:
+                 host_key: bool = True, features: tuple[str, ...] = ()) -> list[Path]:
     """Validate, pin the host key, generate the secrets and write the instance; returns the paths written."""
     name, domain, address = validate.instance_name(name), validate.domain(domain), validate.address(address)
     tier, version, port = validate.tier(tier), validate.version(version), validate.port(port)
+    features = validate.features(features)
     env = Path(env).absolute()
     with files.env_lock(env):
         recover(env)
@@ -49,7 +50,7 @@ def add_instance(env: str | Path, name: str, domain: str, address: str, *, tier:
         if key_line:
             known_hosts = hostkeys.pin(known_hosts, key_line)
 
-        main = _main_yml(name, domain, address, tier, version, port)
+        main = _main_yml(name, domain, address, tier, version, port, features)
         secret_vars = secrets_catalog.new_vault(secrets, datetime.now(UTC))
         stage = env.parent / f".{env.name}.new" if new_env else env / f"{STAGING_PREFIX}{name}"
         stage.mkdir()
@@ -112,14 +113,15 @@ def _commit(env: Path, stage: Path, name: str) -> None:
     shutil.rmtree(stage)
 
 
-def _main_yml(name: str, domain: str, address: str, tier: int, version: str, port: int) -> str:
+def _main_yml(name: str, domain: str, address: str, tier: int, version: str, port: int,
+              features: list[str]) -> str:
     lines = [f"# Instance {name}: non-secret settings. Secrets are in vault.yml (scripts/add-instance).",
              f"ansible_host: {json.dumps(address)}",
              *([f"ansible_port: {port}"] if port != 22 else []),
              f"app_domain: {json.dumps(domain)}",
              f"fleetdeck_tier: {tier}",
              f"app_version: {json.dumps(version)}",
-             "app_features: []"]
+             f"app_features: {json.dumps(features)}"]
     return "\n".join(lines) + "\n"
 
 

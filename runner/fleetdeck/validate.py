@@ -15,6 +15,7 @@ LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 # preflight (roles/app/vars/main.yml) carry it verbatim, and tests/test_definitions.py holds them to it.
 VERSION_PATTERN = r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
 VERSION_RE = re.compile(VERSION_PATTERN)
+FEATURE_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 def instance_name(name: str) -> str:
@@ -62,6 +63,14 @@ def version(value: str) -> str:
     if not VERSION_RE.fullmatch(value):
         raise Refused(f"version {value!r} is not MAJOR.MINOR.PATCH[-PRERELEASE][+BUILD] (e.g. 1.4.2)")
     return value
+
+
+def features(value: object) -> list[str]:
+    """Feature flag names (app_features), sorted, each once."""
+    if not isinstance(value, list | tuple) or not all(isinstance(f, str) and FEATURE_RE.fullmatch(f) for f in value):
+        raise Refused(f"features {value!r} must be a list of names of lowercase letters, digits and '_' "
+                      "(e.g. new_ui), each starting with a letter")
+    return sorted(set(value))
 
 
 def port(value: int) -> int:

@@ -31,6 +31,7 @@ SCOPES = {
     "reader": ["read"],
     "pinger": ["read", "run:ping"],
     "operator": ["read", "run:*"],
+    "provisioner": ["read", "provision"],
 }
 
 

@@ -7,7 +7,7 @@ import re
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
-from . import runs
+from . import provisioning, runs
 from .auth import require
 from .body import json_object
 from .context import service
@@ -95,14 +95,20 @@ def run_events(run_id: str):
         limit = _int_arg("limit", 200, 1, 1000)
         events = store.events(run_id, after, limit)
         return jsonify({"events": events, "next_after": events[-1]["seq"] if len(events) == limit else None})
+    return event_stream(run_id, g.token.name)
+
+
+def event_stream(run_id: str, holder: str) -> Response:
+    """The run's events as Server-Sent Events from Last-Event-ID (or ?after=), counted against `holder`'s
+    open streams (a token's, or a console user's)."""
     last = request.headers.get("Last-Event-ID")
     after = _int_arg("Last-Event-ID", 0, 0, MAX_INT, raw=last) if last else _int_arg("after", 0, 0, MAX_INT)
-    slots, token = service().streams, g.token.name
+    slots, token = service().streams, holder
     if not slots.take(token):
         raise ApiError(
             429,
             "too_many_streams",
-            f"token {token!r} has {slots.per_token} event streams open already (FLEETDECK_RUNNER_MAX_STREAMS);"
+            f"{token!r} has {slots.per_token} event streams open already (FLEETDECK_RUNNER_MAX_STREAMS);"
             " close one, or read the events as JSON pages",
             headers={"Retry-After": "5"},
         )
@@ -152,28 +158,45 @@ def list_actions():
     )
 
 
+INSTANCE_FILTERS = ("state", "tier", "canary", "pinned_version")
+
+
 @bp.get("/instances")
 @require("read")
 def list_instances():
-    svc = service()
-    inv = runs.load_inventory(svc)
-    groups = inv.groups()
-    leases = svc.store.leases()
-    return jsonify(
-        {
-            "instances": [
-                {
-                    "name": host,
-                    "groups": [g for g, hosts in groups.items() if host in hosts and g != "all"],
-                    "vars": _public(inv.public_vars(host)),
-                    "leased_by": leases.get(host),
-                }
-                for host in inv.hosts()
-            ]
-        }
+    filters = {k: request.args[k] for k in INSTANCE_FILTERS if k in request.args}
+    return jsonify({"instances": provisioning.listing(service(), filters)})
+
+
+@bp.post("/instances")
+@require("provision")
+def create_instance():
+    instance, run, created = provisioning.create(
+        service(), json_object(request), g.token.name, request.headers.get("Idempotency-Key")
     )
+    response = jsonify({"instance": instance, "run": run})
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/v1/instances/{instance['name']}"
+    return response
 
 
-def _public(variables: dict) -> dict:
-    """host_vars main.yml holds no vault values, but `vault_*` references to them are not shown either."""
-    return {k: v for k, v in variables.items() if not k.startswith("vault_")}
+@bp.get("/instances/<name>")
+@require("read")
+def get_instance(name: str):
+    return jsonify(provisioning.detail(service(), name))
+
+
+@bp.patch("/instances/<name>")
+@require("provision")
+def change_instance(name: str):
+    return jsonify(provisioning.change(service(), name, json_object(request), g.token.name))
+
+
+@bp.delete("/instances/<name>")
+@require("provision")
+def decommission_instance(name: str):
+    keep = request.args.get("keep_data", "false")
+    if keep not in ("true", "false"):
+        raise ApiError(400, "invalid_argument", "keep_data must be true or false")
+    run = provisioning.decommission(service(), name, keep == "true", g.token.name)
+    return jsonify({"run": run}), 202

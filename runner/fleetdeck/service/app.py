@@ -8,7 +8,7 @@ from flask import Flask, request
 
 from fleetdeck import vault
 
-from . import api, errors, health, hooks
+from . import api, console, console_session, errors, health, hooks, provisioning
 from .catalog import Catalog
 from .config import Settings, from_env
 from .context import Service
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if hub:  # first: it writes to the store, and the executor retries this when the store is full
             hub.run_finished(run)
         metrics.finished(run)
+        provisioning.finished(app.extensions["fleetdeck"], run)
 
     executor = Executor(
         settings, store, catalog, password_file if password_file.is_file() else None, finished
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if executor.stopping and request.method != "GET":
             raise errors.ApiError(503, "shutting_down", "the runner is stopping; retry when it is back")
 
-    for blueprint in (api.bp, hooks.bp, health.bp):
+    console_session.configure(app)
+    for blueprint in (api.bp, hooks.bp, health.bp, console.bp):
         app.register_blueprint(blueprint)
     return app

@@ -1,4 +1,4 @@
-"""Bearer tokens: sha256-hashed in the config, compared in constant time; scopes read, run:<action>, admin."""
+"""Bearer tokens: sha256-hashed in the config, compared in constant time; scopes as config.SCOPES says."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def authenticate(tokens: tuple[Token, ...], header: str | None) -> Token | None:
 def allows(token: Token, scope: str) -> bool:
     if "admin" in token.scopes or scope in token.scopes:
         return True
-    return scope.startswith("run:") and "run:*" in token.scopes
+    return scope.startswith("run:") and bool({"run:*", "operate"} & token.scopes)
 
 
 def require(scope_for):

@@ -13,6 +13,9 @@ from pathlib import Path
 from . import secret_rules
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# read: look; operate: start and cancel any action (run:*); provision: create, change and decommission
+# instances; admin: everything. run:<action> allows one action.
+SCOPES = ("read", "operate", "provision", "admin")
 
 
 class ConfigError(ValueError):
@@ -23,6 +26,13 @@ class ConfigError(ValueError):
 class Token:
     name: str
     sha256: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    name: str
+    password_hash: str  # werkzeug's scrypt or pbkdf2 hash
     scopes: frozenset[str]
 
 
@@ -49,6 +59,8 @@ class Settings:
     hub_secret: str | None = None
     hub_attempts: int = 6
     hub_backoff: float = 2.0
+    console_users: tuple[ConsoleUser, ...] = ()
+    console_idle: float = 900.0
 
 
 def check_secret(what: str, value: str, bearer: bool = False) -> str:
@@ -79,9 +91,9 @@ def parse_tokens(raw: str) -> tuple[Token, ...]:
         if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
             raise ConfigError(f"token {name!r}: scopes must be a non-empty list of strings")
         for scope in scopes:
-            if scope not in ("read", "admin") and not scope.startswith("run:"):
+            if scope not in SCOPES and not scope.startswith("run:"):
                 raise ConfigError(
-                    f"token {name!r}: unknown scope {scope!r} (read, admin, run:<action>, run:*)"
+                    f"token {name!r}: unknown scope {scope!r} ({', '.join(SCOPES)}, run:<action>, run:*)"
                 )
         if "token" in entry:
             if not isinstance(entry["token"], str):
@@ -102,6 +114,36 @@ def parse_tokens(raw: str) -> tuple[Token, ...]:
         digests[digest] = name
         tokens.append(Token(name, digest, frozenset(scopes)))
     return tuple(tokens)
+
+
+def parse_console_users(raw: str) -> tuple[ConsoleUser, ...]:
+    """JSON list of {name, password_hash, scopes}: hashes from `fleetdeck-runner hash-password`."""
+    try:
+        entries = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"FLEETDECK_CONSOLE_USERS: not JSON ({exc})") from None
+    if not isinstance(entries, list):
+        raise ConfigError("FLEETDECK_CONSOLE_USERS: need a JSON list")
+    users, names = [], set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ConfigError(f"FLEETDECK_CONSOLE_USERS[{i}]: needs a name")
+        name = entry["name"]
+        if name in names:
+            raise ConfigError(f"FLEETDECK_CONSOLE_USERS[{i}]: duplicate name {name!r}")
+        names.add(name)
+        password_hash = entry.get("password_hash")
+        if not isinstance(password_hash, str) or not password_hash.startswith(("scrypt:", "pbkdf2:")):
+            raise ConfigError(f"console user {name!r}: password_hash must be a werkzeug scrypt or pbkdf2 hash "
+                              "(fleetdeck-runner hash-password)")
+        scopes = entry.get("scopes")
+        if not isinstance(scopes, list) or not scopes or not all(
+            isinstance(s, str) and (s in SCOPES or s.startswith("run:")) for s in scopes
+        ):
+            raise ConfigError(f"console user {name!r}: scopes must be a non-empty list of {', '.join(SCOPES)}, "
+                              "run:<action>")
+        users.append(ConsoleUser(name, password_hash, frozenset(scopes)))
+    return tuple(users)
 
 
 def _read_secret(env: dict[str, str], name: str) -> str | None:
@@ -172,4 +214,6 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         hub_secret=check_secret("FLEETDECK_HUB_SECRET", hub_secret) if hub_secret is not None else None,
         hub_attempts=number("FLEETDECK_HUB_ATTEMPTS", 6, int),
         hub_backoff=number("FLEETDECK_HUB_BACKOFF", 2.0),
+        console_users=parse_console_users(_read_secret(env, "FLEETDECK_CONSOLE_USERS") or "[]"),
+        console_idle=number("FLEETDECK_CONSOLE_IDLE", 900.0),
     )

@@ -35,12 +35,20 @@ class Started:
 
 
 def start(
-    svc: Service, request: dict, *, operator: str, source: str, idempotency_key: str | None = None
+    svc: Service,
+    request: dict,
+    *,
+    operator: str,
+    source: str,
+    idempotency_key: str | None = None,
+    fingerprint: dict | None = None,
 ) -> Started:
     """Validate a run request, record the run with its leases (unless it waits for them) and submit it.
 
     With an idempotency key (scoped to the operator): the same key and the same request give back the run
     the first one started, a different request with that key is refused; concurrent requests included.
+    `fingerprint` is what "the same request" means when the caller's request was not the run request
+    (POST /v1/instances: its body).
     """
     unknown = sorted(set(request) - set(FIELDS))
     if unknown:
@@ -62,14 +70,7 @@ def start(
     instances = _instances(svc, action, target)
     idempotency = None
     if idempotency_key is not None:
-        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-            raise ApiError(
-                400,
-                "invalid_idempotency_key",
-                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
-            )
-        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-        idempotency = (operator, idempotency_key, digest)
+        idempotency = (operator, idempotency_key, digest(idempotency_key, fingerprint or request))
 
     run = {
         "id": str(uuid.uuid4()),
@@ -86,12 +87,7 @@ def start(
     try:
         run_id, created = svc.store.create_run(run, take_leases=not wait, idempotency=idempotency)
     except IdempotencyConflict as conflict:
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            f"Idempotency-Key {_shown(idempotency_key)} was used with a different request (run {conflict.run_id})",
-            run_id=conflict.run_id,
-        ) from None
+        raise _idempotency_conflict(idempotency_key, conflict.run_id) from None
     except LeaseConflict as conflict:
         raise ApiError(
             409,
@@ -103,6 +99,36 @@ def start(
     if created:
         svc.executor.submit(run_id)
     return Started(svc.store.get_run(run_id), created)
+
+
+def digest(idempotency_key: str, request: dict) -> str:
+    """The request's digest kept with its idempotency key; 400 for a key of the wrong length."""
+    if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+        )
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def replay(svc: Service, operator: str, idempotency_key: str, request: dict) -> dict | None:
+    """The run an earlier request with this key started (None if none did); 409 if it was another request."""
+    seen = svc.store.idempotent_run(operator, idempotency_key)
+    if seen is None:
+        return None
+    if seen[0] != digest(idempotency_key, request):
+        raise _idempotency_conflict(idempotency_key, seen[1])
+    return svc.store.get_run(seen[1])
+
+
+def _idempotency_conflict(idempotency_key: str, run_id: str) -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_conflict",
+        f"Idempotency-Key {_shown(idempotency_key)} was used with a different request (run {run_id})",
+        run_id=run_id,
+    )
 
 
 def get(svc: Service, run_id: str) -> dict:

@@ -224,6 +224,19 @@ class Store:
         sql = f"SELECT {RUN_COLUMNS} FROM runs {condition} ORDER BY seq DESC LIMIT ?"  # noqa: S608
         return [_run_row(r) for r in self._query(sql, (*args, limit))]
 
+    def instance_runs(self, instance: str, limit: int, active: bool = False) -> list[dict]:
+        """Newest first, the runs whose instances include `instance` (instance names never hold quotes)."""
+        statuses = ACTIVE if active else (*ACTIVE, *FINISHED)
+        marks = ",".join("?" * len(statuses))
+        sql = (f"SELECT {RUN_COLUMNS} FROM runs WHERE instances LIKE ? AND status IN ({marks}) "  # noqa: S608
+               "ORDER BY seq DESC LIMIT ?")
+        return [_run_row(r) for r in self._query(sql, (f'%"{instance}"%', *statuses, limit))]
+
+    def idempotent_run(self, token: str, key: str) -> tuple[str, str] | None:
+        """(request digest, run id) recorded for this token's idempotency key, if any."""
+        rows = self._query("SELECT body_sha256, run_id FROM idempotency WHERE token = ? AND key = ?", (token, key))
+        return rows[0] if rows else None
+
     def update_run(self, run_id: str, **fields) -> None:
         if "hosts" in fields:
             fields["hosts"] = json.dumps(fields["hosts"])
@@ -374,6 +387,16 @@ class Store:
     def audit(self, actor: str, what: str, run_id: str | None, detail: dict) -> None:
         with self._lock, self._writing():
             self._audit(self._db, actor, what, run_id, detail)
+
+    def audit_about(self, what_prefix: str, subject: str, limit: int) -> list[dict]:
+        """Newest first, audit lines `what_prefix*` whose detail names `subject` as its instance."""
+        rows = self._query(
+            "SELECT time, actor, what, run_id, detail FROM audit WHERE what LIKE ? AND detail LIKE ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (f"{what_prefix}%", f'%"instance": "{subject}"%', limit),
+        )
+        return [{"time": r[0], "actor": r[1], "what": r[2], "run_id": r[3], "detail": json.loads(r[4])}
+                for r in rows]
 
     def audit_trail(self, run_id: str) -> list[dict]:
         rows = self._query(

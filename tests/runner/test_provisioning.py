@@ -1,0 +1,208 @@
+"""The instances API without test hosts (Flask test client, local inventory): field errors that name the field
+and write nothing, scopes, PATCH diffs and the version hold, decommission refusals, and the inventory edits
+a decommission ends with. Create -> deploy -> decommission on a real host: test_provisioning_fleet.py."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+import yaml
+from fleetdeck import instance_edit, vault
+from fleetdeck.service.config import PACKAGE_DIR
+
+from tests.playbook import REPO
+from tests.runner.service import app_for, in_process, make_local_env, wait_until
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    runner_env = make_local_env(tmp_path_factory.mktemp("runner"))
+    shutil.copytree(REPO / "inventory" / "example" / "group_vars", runner_env.inventory / "group_vars")
+    with in_process(runner_env):
+        yield runner_env
+
+
+@pytest.fixture(scope="module")
+def app(env):
+    with app_for(env) as application:
+        yield application
+
+
+@pytest.fixture(scope="module")
+def real_catalog_app(env):
+    """The product's catalog (deploy, decommission), so creation goes as far as the host key."""
+    with app_for(env, FLEETDECK_CATALOG=str(PACKAGE_DIR / "actions.yml")) as application:
+        yield application
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def snapshot(env) -> dict[str, str]:
+    """Every file of the environment and beside it, but for the runner's store and the lock file."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(env.inventory.parent.rglob("*"))
+            if p.is_file() and "data" not in p.parts and p.suffix != ".lock"}
+
+
+def field_error(response, field: str, code: str = "invalid_field", status: int = 422) -> str:
+    body = response.get_json()
+    assert response.status_code == status, body
+    assert body["error"]["code"] == code, body
+    assert body["error"]["field"] == field, body
+    assert field in body["error"]["message"]
+    return body["error"]["message"]
+
+
+GOOD = {"name": "acme", "domain": "acme.example.com", "address": "127.0.0.1", "port": 1}
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"name": "Acme"}, "name", "must start with a lowercase letter"),
+    ({"name": "fleet"}, "name", "reserved group name"),
+    ({"domain": "localhost"}, "domain", "single label"),
+    ({"address": "10.0.0.300"}, "address", "neither an IPv4/IPv6 address"),
+    ({"tier": 3}, "tier", "must be one of 1, 2"),
+    ({"tier": "1"}, "tier", "must be an integer"),
+    ({"canary": "yes"}, "canary", "true or false"),
+    ({"version": "latest"}, "version", "MAJOR.MINOR.PATCH"),
+    ({"features": ["new ui"]}, "features", "lowercase letters"),
+    ({"port": 70000}, "port", "outside 1-65535"),
+    ({"colour": "red"}, "colour", "unknown field"),
+])
+def test_bad_fields_are_named_and_nothing_is_written(real_catalog_app, env, change, field, words):
+    before = snapshot(env)
+    response = real_catalog_app.test_client().post("/v1/instances", json={**GOOD, **change},
+                                                   headers=env.auth("provisioner"))
+    assert words in field_error(response, field)
+    assert snapshot(env) == before
+
+
+def test_missing_fields_are_all_named(real_catalog_app, env):
+    body = real_catalog_app.test_client().post(
+        "/v1/instances", json={"name": "acme"}, headers=env.auth("provisioner")).get_json()
+    assert body["error"]["fields"] == {"domain": "domain: required", "address": "address: required"}
+
+
+def test_an_existing_name_or_an_unreachable_address_writes_nothing(real_catalog_app, env):
+    client = real_catalog_app.test_client()
+    before = snapshot(env)
+    exists = client.post("/v1/instances", json={**GOOD, "name": "local-1"}, headers=env.auth("provisioner"))
+    assert "already exists" in field_error(exists, "name", "instance_exists", 409)
+    unreachable = client.post("/v1/instances", json=GOOD, headers=env.auth("provisioner"))
+    assert "port 1" in field_error(unreachable, "address", "host_unreachable")
+    assert snapshot(env) == before
+    assert client.get("/v1/instances/acme", headers=env.auth()).status_code == 404
+
+
+def test_without_a_deploy_action_nothing_is_provisioned(client, env):
+    before = snapshot(env)
+    response = client.post("/v1/instances", json=GOOD, headers=env.auth("provisioner"))
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "action_unavailable"
+    assert snapshot(env) == before
+
+
+@pytest.mark.parametrize(("caller", "method", "path"), [
+    ("reader", "post", "/v1/instances"),
+    ("operator", "post", "/v1/instances"),
+    ("reader", "patch", "/v1/instances/local-1"),
+    ("operator", "delete", "/v1/instances/local-1"),
+])
+def test_provisioning_needs_the_provision_scope(client, env, caller, method, path):
+    response = getattr(client, method)(path, json={"hold": True}, headers=env.auth(caller))
+    assert response.status_code == 403, response.get_json()
+    assert "provision" in response.get_json()["error"]["message"]
+
+
+def test_a_hold_is_written_with_its_reason_shown_and_released(client, env):
+    main = env.inventory / "host_vars" / "local-2" / "main.yml"
+    original = main.read_text()
+    held = client.patch("/v1/instances/local-2", json={"hold": True, "hold_reason": "customer freeze"},
+                        headers=env.auth("provisioner"))
+    assert held.status_code == 200, held.get_json()
+    assert "+rollout_hold: true" in held.get_json()["diff"]
+    assert '+rollout_hold_reason: "customer freeze"' in held.get_json()["diff"]
+    assert yaml.safe_load(main.read_text()) == {**yaml.safe_load(original), "rollout_hold": True,
+                                                "rollout_hold_reason": "customer freeze"}
+    assert main.read_text().startswith(original)  # the rest of the file as it was
+    shown = client.get("/v1/instances/local-2", headers=env.auth("reader")).get_json()
+    assert shown["state"] == "held" and shown["hold"] == {"held": True, "reason": "customer freeze"}
+    assert shown["audit"][0]["what"] == "instance.changed" and "rollout_hold" in shown["audit"][0]["detail"]["diff"]
+    listed = client.get("/v1/instances?state=held", headers=env.auth("reader")).get_json()["instances"]
+    assert [i["name"] for i in listed] == ["local-2"]
+
+    released = client.patch("/v1/instances/local-2", json={"hold": False}, headers=env.auth("provisioner"))
+    assert "-rollout_hold_reason" in released.get_json()["diff"]
+    assert yaml.safe_load(main.read_text()) == {**yaml.safe_load(original), "rollout_hold": False}
+    again = client.patch("/v1/instances/local-2", json={"hold": False}, headers=env.auth("provisioner"))
+    assert again.get_json()["diff"] == ""
+
+
+def test_tier_canary_and_flags_change_only_their_groups(client, env):
+    response = client.patch("/v1/instances/local-3", json={"tier": 2, "canary": True, "features": ["beta", "new_ui"]},
+                            headers=env.auth("provisioner"))
+    assert response.status_code == 200, response.get_json()
+    instance = response.get_json()["instance"]
+    assert (instance["tier"], instance["canary"], instance["features"]) == (2, True, ["beta", "new_ui"])
+    assert set(instance["groups"]) >= {"testfleet", "tier2", "canary", "fleet"}
+    assert "tier2" in response.get_json()["diff"] and "fleetdeck_tier: 2" in response.get_json()["diff"]
+    back = client.patch("/v1/instances/local-3", json={"tier": 1, "canary": False},
+                        headers=env.auth("provisioner")).get_json()["instance"]
+    assert "tier2" not in back["groups"] and "canary" not in back["groups"] and "testfleet" in back["groups"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"tier": 0}, "tier"),
+    ({"features": "beta"}, "features"),
+    ({"hold_reason": "no hold to explain"}, "hold_reason"),
+    ({"hold": True, "hold_reason": "two\nlines"}, "hold_reason"),
+    ({"name": "other"}, "name"),
+])
+def test_bad_changes_are_named_and_nothing_is_written(client, env, body, field):
+    before = snapshot(env)
+    field_error(client.patch("/v1/instances/local-1", json=body, headers=env.auth("provisioner")), field)
+    assert snapshot(env) == before
+
+
+def test_unknown_instances_are_404(client, env):
+    for method in ("get", "patch", "delete"):
+        response = getattr(client, method)("/v1/instances/nope", json={"hold": True}, headers=env.auth())
+        assert response.status_code == 404 and response.get_json()["error"]["code"] == "unknown_instance"
+
+
+def test_decommission_is_refused_while_a_run_is_active(client, env):
+    run = client.post("/v1/runs", json={"action": "sleep", "target": "local-1", "params": {"sleep_seconds": 30}},
+                      headers=env.auth("operator")).get_json()
+    assert run["id"], run
+    before = snapshot(env)
+    refused = client.delete("/v1/instances/local-1", headers=env.auth("provisioner"))
+    assert refused.status_code == 409 and refused.get_json()["error"]["run_id"] == run["id"], refused.get_json()
+    assert client.delete("/v1/instances/local-1?keep_data=maybe",
+                         headers=env.auth("provisioner")).get_json()["error"]["code"] == "invalid_argument"
+    client.post(f"/v1/runs/{run['id']}/cancel", headers=env.auth("operator"))
+    wait_until(lambda: client.get(f"/v1/runs/{run['id']}", headers=env.auth()).get_json()["status"] == "canceled")
+    assert snapshot(env) == before
+
+
+def test_removal_archives_the_vault_encrypted_and_unpins_the_host_key(tmp_path):
+    env = make_local_env(tmp_path)
+    known = env.inventory / "known_hosts"
+    known.write_text("10.1.0.7 ssh-ed25519 AAAAkeyofseven\n10.1.0.8 ssh-ed25519 AAAAkeyofeight\n")
+    main = env.inventory / "host_vars" / "local-1" / "main.yml"
+    main.write_text(main.read_text() + "ansible_host: 10.1.0.7\n")
+    with in_process(env):
+        archive, diff = instance_edit.remove(env.inventory, "local-1")
+    assert [line for line in diff.splitlines() if line.startswith("-") and "local-1:" in line]
+    assert known.read_text() == "10.1.0.8 ssh-ed25519 AAAAkeyofeight\n"
+    assert (archive / "known_hosts").read_text() == "10.1.0.7 ssh-ed25519 AAAAkeyofseven\n"
+    archived = archive / "host_vars" / "vault.yml"
+    assert archived.read_bytes().startswith(b"$ANSIBLE_VAULT;")
+    assert vault.decrypt_file(archived, vault.read_password(env.password_file)) == {
+        "vault_app_secret": env.secrets["local-1"]}
+    assert not (env.inventory / "host_vars" / "local-1").exists()
+    assert "local-1" not in yaml.safe_load((env.inventory / "hosts.yml").read_text())["all"]["children"]["testfleet"][
+        "hosts"]
+    assert archive.parent.name == ".archive"
