@@ -1,0 +1,221 @@
+"""Provisioning on a real test host through the real runner (gunicorn), watched and driven in a real browser
+(Debian's chromium through chromium-driver and selenium): create an instance over the API (Idempotency-Key
+replayed), watch its deploy log live to the end, preview then apply a configure, hold it, decommission it
+(final backup, app stopped and disabled, out of the inventory, vault archived encrypted). Field errors and a
+form without its CSRF token are refused in the browser. Screenshots of each page go to docs/console/."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from fleetdeck import vault
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+from werkzeug.security import generate_password_hash
+
+from tests.playbook import REPO
+from tests.refapp.build import build
+from tests.runner.service import Server, free_port, wait_until
+
+FLEET_SIZE = 1
+pytestmark = pytest.mark.fleet
+SHOTS = REPO / "docs" / "console"
+PASSWORD = secrets.token_urlsafe(18)
+NAME = "web1"
+
+
+class ConsoleEnv:
+    """What tests.runner.service.Server needs, for an environment that starts with no instance."""
+
+    def __init__(self, fleet, base: Path):
+        self.dir = base
+        self.inventory = base / "inventory" / "prod"
+        self.backups = base / "backups"
+        dist = base / "dist"
+        build(dist, None)
+        (self.inventory / "group_vars").parent.mkdir(parents=True)
+        shutil.copytree(REPO / "inventory" / "example" / "group_vars", self.inventory / "group_vars")
+        overrides = yaml.safe_load((REPO / "tests/fleet_overrides.yml").read_text())
+        (self.inventory / "group_vars/all/test.yml").write_text(yaml.safe_dump(
+            {**overrides, "app_artifact_controller_dir": str(dist), "app_artifact_base_url": ""}))
+        (self.inventory / "hosts.yml").write_text("all: {}\n")
+        self.password_file = base / "vault-pass"
+        vault.bootstrap(self.password_file)
+        self.tokens = {"admin": secrets.token_urlsafe(32)}
+        users = [{"name": "ops", "password_hash": generate_password_hash(PASSWORD),
+                  "scopes": ["read", "operate", "provision"]}]
+        self.env = {**fleet.ansible_env(), "FLEETDECK_VAULT_PASSWORD_FILE": str(self.password_file),
+                    "FLEETDECK_AUDIT_LOG": str(base / "audit.log"), "FLEETDECK_BACKUP_STORE": str(self.backups),
+                    "FLEETDECK_RUNNER_TOKENS": json.dumps([{"name": "hub", "token": self.tokens["admin"],
+                                                            "scopes": ["admin"]}]),
+                    "FLEETDECK_CONSOLE_USERS": json.dumps(users),
+                    "FLEETDECK_PROJECT_DIR": str(REPO), "FLEETDECK_INVENTORY": str(self.inventory),
+                    "FLEETDECK_RUNNER_DATA_DIR": str(base / "data")}
+
+
+@pytest.fixture(scope="module")
+def server(fleet, tmp_path_factory):
+    server = Server(ConsoleEnv(fleet, tmp_path_factory.mktemp("console")), free_port())
+    server.base = server.base.replace("127.0.0.1", "localhost")  # a secure context for the Secure cookie
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=ChromeService(executable_path="/usr/bin/chromedriver"), options=options)
+    driver.implicitly_wait(2)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def created(server, fleet):
+    """web1 created over the API on the fleet's host; its deploy run is still going."""
+    body = {"name": NAME, "domain": "web1.example.test", "address": fleet.hosts[0].address,
+            "features": ["beta"]}
+    key = {"Idempotency-Key": "create-web1"}
+    status, answer = server.call("POST", "/v1/instances", body, headers=key)
+    assert status == 202, answer
+    return answer
+
+
+def shot(browser, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def finished_run(browser, timeout: float) -> str:
+    """Wait on a run page until its live log has ended; the run's final status."""
+    WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: b.find_element(By.ID, "log").get_attribute("data-finished") == "yes")
+    return browser.find_element(By.ID, "status").text
+
+
+def confirm(browser, expected: str) -> None:
+    alert = WebDriverWait(browser, 5).until(expected_conditions.alert_is_present())
+    assert expected in alert.text, alert.text
+    alert.accept()
+
+
+def test_create_is_idempotent_and_pins_the_host_key(server, created, fleet):
+    again = server.call("POST", "/v1/instances", {"name": NAME, "domain": "web1.example.test",
+                                                  "address": fleet.hosts[0].address, "features": ["beta"]},
+                        headers={"Idempotency-Key": "create-web1"})
+    assert again[0] == 200 and again[1]["run"]["id"] == created["run"]["id"], again
+    other = server.call("POST", "/v1/instances", {"name": "web2", "domain": "web2.example.test",
+                                                  "address": fleet.hosts[0].address},
+                        headers={"Idempotency-Key": "create-web1"})
+    assert other[0] == 409 and other[1]["error"]["code"] == "idempotency_conflict"
+    inventory = server.env.inventory
+    assert fleet.hosts[0].address in (inventory / "known_hosts").read_text()
+    vault_file = inventory / "host_vars" / NAME / "vault.yml"
+    assert vault_file.read_bytes().startswith(b"$ANSIBLE_VAULT;")
+    assert created["instance"]["features"] == ["beta"] and created["run"]["action"] == "deploy"
+
+
+def test_sign_in_and_watch_the_deploy_log_live(server, created, browser, fleet):
+    browser.get(f"{server.base}/ui/")
+    assert "/ui/sign-in" in browser.current_url
+    shot(browser, "sign-in")
+    browser.find_element(By.ID, "name").send_keys("ops")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "sign-in").click()
+    assert browser.find_element(By.CSS_SELECTOR, f'tr[data-instance="{NAME}"]')
+    browser.get(f"{server.base}/ui/runs/{created['run']['id']}")
+    WebDriverWait(browser, 120).until(lambda b: "TASK [" in b.find_element(By.ID, "log").text)
+    assert browser.find_element(By.ID, "status").text in ("queued", "running")  # it is live, not a replay
+    shot(browser, "run-live")
+    assert finished_run(browser, 600) == "successful"
+    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: NAME in b.find_element(By.ID, "hosts").text)
+    assert "PLAY RECAP" in browser.find_element(By.ID, "log").text
+    shot(browser, "run")
+    health = json.loads(fleet.ssh(fleet.hosts[0], "curl -s http://127.0.0.1:8080/health").stdout)
+    assert health["version"] == "1.0.0"
+    browser.get(f"{server.base}/ui/")
+    assert "ok" in browser.find_element(By.CSS_SELECTOR, f'tr[data-instance="{NAME}"]').text
+    shot(browser, "fleet")
+
+
+def test_preview_then_configure(server, browser):
+    browser.get(f"{server.base}/ui/instances/{NAME}")
+    shot(browser, "instance")
+    browser.find_element(By.CSS_SELECTOR, "#action option[value=configure]").click()
+    browser.find_element(By.ID, "preview").click()  # a preview asks nothing: it changes nothing
+    assert "(preview)" in browser.find_element(By.TAG_NAME, "h1").text
+    assert finished_run(browser, 300) == "successful"
+    browser.refresh()
+    browser.find_element(By.ID, "apply-button").click()
+    confirm(browser, "1 instance")
+    assert "(preview)" not in browser.find_element(By.TAG_NAME, "h1").text
+    assert finished_run(browser, 300) == "successful"
+    runs = server.call("GET", "/v1/runs?action=configure")[1]["runs"]
+    assert [r["check"] for r in runs] == [False, True] and all(r["operator"] == "console:ops" for r in runs)
+
+
+def test_bad_input_gets_field_errors_and_a_missing_csrf_token_is_refused(server, browser):
+    before = (server.env.inventory / "hosts.yml").read_text()
+    browser.get(f"{server.base}/ui/new")
+    browser.find_element(By.ID, "field-name").send_keys("Web 3")
+    browser.find_element(By.ID, "field-domain").send_keys("nodot")
+    browser.find_element(By.ID, "field-address").send_keys("10.0.0.999")
+    browser.find_element(By.ID, "create").click()
+    assert "lowercase letter" in browser.find_element(By.ID, "error-name").text
+    assert "single label" in browser.find_element(By.ID, "error-domain").text
+    assert "neither an IPv4/IPv6" in browser.find_element(By.ID, "error-address").text
+    assert browser.find_element(By.ID, "field-domain").get_attribute("value") == "nodot"
+    shot(browser, "new-instance")
+    assert (server.env.inventory / "hosts.yml").read_text() == before
+
+    browser.get(f"{server.base}/ui/instances/{NAME}")
+    browser.execute_script("document.querySelector('#settings input[name=csrf_token]').remove()")
+    browser.find_element(By.ID, "hold-box").click()
+    browser.find_element(By.ID, "save-settings").click()
+    confirm(browser, "1 instance")
+    assert "csrf_failed" in browser.find_element(By.TAG_NAME, "body").text
+    assert (server.env.inventory / "hosts.yml").read_text() == before
+
+
+def test_hold_then_decommission(server, browser, fleet):
+    browser.get(f"{server.base}/ui/instances/{NAME}")
+    browser.find_element(By.ID, "hold-box").click()
+    browser.find_element(By.ID, "hold-reason").send_keys("customer freeze")
+    browser.find_element(By.ID, "save-settings").click()
+    confirm(browser, "1 instance")
+    assert "+rollout_hold: true" in browser.find_element(By.ID, "diff").text
+    assert browser.find_element(By.ID, "state").text == "held"
+    browser.find_element(By.ID, "decommission-button").click()
+    confirm(browser, "Decommission 1 instance")
+    assert finished_run(browser, 600) == "successful"
+    shot(browser, "decommission")
+
+    assert server.call("GET", f"/v1/instances/{NAME}")[0] == 404
+    inventory = server.env.inventory
+    assert NAME not in (inventory / "hosts.yml").read_text() and not (inventory / "host_vars" / NAME).exists()
+    [archived] = (inventory / ".archive").glob(f"{NAME}-*/host_vars/vault.yml")
+    assert archived.read_bytes().startswith(b"$ANSIBLE_VAULT;")
+    assert fleet.hosts[0].address not in (inventory / "known_hosts").read_text()
+    assert list((server.env.backups / NAME).iterdir()), "no final backup in the store"
+    host = fleet.hosts[0]
+    assert fleet.ssh(host, "systemctl is-enabled refapp", check=False).stdout.strip() in ("disabled", "")
+    assert fleet.ssh(host, "systemctl is-active refapp", check=False).stdout.strip() == "inactive"
+    assert fleet.ssh(host, "test -e /opt/refapp", check=False).returncode == 1
+    browser.get(f"{server.base}/ui/")
+    assert "No instances" in browser.find_element(By.ID, "fleet").text
+    assert os.path.getsize(server.log) > 0
