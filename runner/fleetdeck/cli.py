@@ -1,5 +1,5 @@
-"""Command line of scripts/add-instance, audit, bootstrap-vault, check-inventory, rekey-vault, secret-age and
-vault-update."""
+"""Command line of scripts/add-instance, audit, bootstrap-vault, check-inventory, rekey-vault, secret-age,
+set-instance and vault-update."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fleetdeck import age, audit, inventory, inventory_check, rekey, scaffold, vault, vault_update
+from fleetdeck import age, audit, instance_edit, inventory, inventory_check, rekey, scaffold, vault, vault_update
 from fleetdeck.errors import FleetdeckError, Refused
 
 DEFAULT_ENV = scaffold.REPO / "inventory" / "production"
@@ -38,6 +38,13 @@ def add_instance(args: argparse.Namespace) -> None:
         print(f"no SSH host key pinned (--no-host-key): Ansible will refuse {args.name} until its key is in "
               f"{_shown(args.inventory)}/known_hosts (e.g. ssh-keyscan -t ed25519 {args.address} >> ...)")
     print(f"next: ansible-playbook -i {_shown(args.inventory)} playbooks/deploy.yml --limit {args.name}")
+
+
+def set_instance(args: argparse.Namespace) -> None:
+    features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
+    diff = instance_edit.change(args.inventory, args.name, instance_edit.Change(
+        tier=args.tier, canary=args.canary, features=features, hold=args.hold, hold_reason=args.hold_reason))
+    print(diff or f"{args.name}: nothing to change", end="" if diff else "\n")
 
 
 def check_inventory(args: argparse.Namespace) -> None:
@@ -133,6 +140,18 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--no-host-key", action="store_true",
                      help="do not fetch and pin the SSH host key (the host is not up yet)")
     cmd.set_defaults(run=add_instance)
+
+    cmd = commands.add_parser("set-instance", parents=[env],
+                              help="change an instance's tier, canary membership, feature flags or version hold")
+    cmd.add_argument("name", metavar="NAME", help="inventory host name")
+    cmd.add_argument("--tier", type=int, choices=(1, 2))
+    cmd.add_argument("--canary", action=argparse.BooleanOptionalAction, default=None,
+                     help="put the instance in (or, --no-canary, take it out of) the canary group")
+    cmd.add_argument("--features", help="comma-separated feature flags (app_features); '' for none")
+    cmd.add_argument("--hold", action=argparse.BooleanOptionalAction, default=None,
+                     help="hold the version (rollout_hold: upgrades skip it); --no-hold releases it")
+    cmd.add_argument("--hold-reason", help="why it is held (rollout_hold_reason)")
+    cmd.set_defaults(run=set_instance)
 
     cmd = commands.add_parser("check-inventory", parents=[env],
                               help="check every instance: settings, vaults, secrets, host keys")

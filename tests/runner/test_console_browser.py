@@ -25,7 +25,7 @@ from werkzeug.security import generate_password_hash
 
 from tests.playbook import REPO
 from tests.refapp.build import build
-from tests.runner.service import Server, free_port, wait_until
+from tests.runner.service import Server, free_port
 
 FLEET_SIZE = 1
 pytestmark = pytest.mark.fleet

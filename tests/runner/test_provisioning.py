@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -206,3 +207,15 @@ def test_removal_archives_the_vault_encrypted_and_unpins_the_host_key(tmp_path):
     assert "local-1" not in yaml.safe_load((env.inventory / "hosts.yml").read_text())["all"]["children"]["testfleet"][
         "hosts"]
     assert archive.parent.name == ".archive"
+
+
+def test_set_instance_is_the_same_change_on_the_command_line(tmp_path):
+    env = make_local_env(tmp_path)
+    script = [str(REPO / "scripts" / "set-instance"), "-i", str(env.inventory), "local-1"]
+    held = subprocess.run([*script, "--hold", "--hold-reason", "migration"], capture_output=True, text=True)
+    assert held.returncode == 0, held.stderr
+    assert '+rollout_hold_reason: "migration"' in held.stdout
+    main = yaml.safe_load((env.inventory / "host_vars" / "local-1" / "main.yml").read_text())
+    assert main["rollout_hold"] is True and main["rollout_hold_reason"] == "migration"
+    refused = subprocess.run([*script, "--features", "Bad Flag"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "features" in refused.stderr

@@ -1,10 +1,13 @@
-"""`fleetdeck-runner` serves the API (see serving.py); `fleetdeck-runner hash-token` hashes a token (stdin)."""
+"""`fleetdeck-runner` serves the API and the console (see serving.py); `fleetdeck-runner hash-token` hashes a
+token, `fleetdeck-runner hash-password` a console password (both read stdin)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import sys
+
+from werkzeug.security import generate_password_hash
 
 from .config import ConfigError, check_secret, from_env
 from .secret_rules import ASCII_WHITESPACE
@@ -20,8 +23,12 @@ def main(argv: list[str] | None = None) -> int:
             token = sys.stdin.readline().strip(ASCII_WHITESPACE)
             print(hashlib.sha256(check_secret("token", token, bearer=True).encode()).hexdigest())
             return 0
+        if argv == ["hash-password"]:
+            password = sys.stdin.readline().strip(ASCII_WHITESPACE)
+            print(generate_password_hash(check_secret("password", password), method="scrypt"))
+            return 0
         if argv:
-            print("usage: fleetdeck-runner [hash-token]", file=sys.stderr)
+            print("usage: fleetdeck-runner [hash-token | hash-password]", file=sys.stderr)
             return 2
         settings = from_env()
         Store(settings.data_dir / "runner.db").close()  # here, not in the worker: a clear exit 2
