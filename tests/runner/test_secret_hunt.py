@@ -2,10 +2,11 @@
 SIGKILLed mid-run), then every byte the runner wrote or served is searched for every secret it knows.
 
 Searched: the store (runner.db, -wal, -shm), every run directory, the service log, every HTTP body and
-SSE stream the session received, and the hub callbacks. Secrets: every vault value of the inventory
+SSE stream the session received (the API's and every console page, form answer and console stream, signed
+in), and the hub callbacks. Secrets: every vault value of the inventory
 (a multi-line private key, a password that JSON and URL encoding change, a token), each line of them,
-the API tokens, the webhook and hub HMAC secrets and the vault password; as they are, JSON-escaped,
-URL-encoded, and base64-encoded (found by decoding every base64-looking run at each offset, so the
+the API tokens, the console password, the webhook and hub HMAC secrets and the vault password; as they
+are, JSON-escaped, URL-encoded, and base64-encoded (found by decoding every base64-looking run at each offset, so the
 search shares no code with the redaction it checks). The environment of the run's processes is
 checked while a run is running.
 """
@@ -28,12 +29,13 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlencode
 
 import pytest
 import yaml
 from fleetdeck import vault
 from fleetdeck.service.redaction import MIN_LINE_LENGTH
+from werkzeug.security import generate_password_hash
 
 from tests.runner.service import Server, free_port, make_env, wait_until
 
@@ -61,6 +63,11 @@ class Hub(http.server.ThreadingHTTPServer):
 
         super().__init__(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None
 
 
 class Session:
@@ -105,6 +112,32 @@ class Session:
             pass
         self.bodies.append(bytes(received))
         return bytes(received)
+
+    def page(self, path: str, form: dict | None = None, stream: bool = False) -> bytes:
+        """A console page (or form POST, or a run's SSE stream) with the session cookie, kept like the rest.
+        The cookie is Secure: urllib's cookie jar would not send it over http, so it is carried by hand."""
+        request = urllib.request.Request(  # noqa: S310 - the local test service
+            self.server.base + path, method="POST" if form is not None else "GET",
+            data=urlencode({"csrf_token": self.csrf, **form}).encode() if form is not None else None,
+            headers={"Cookie": self.cookie, **({"Accept": "text/event-stream"} if stream else {})})
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            with opener.open(request, timeout=120) as response:
+                payload, headers = response.read(), response.headers
+        except urllib.error.HTTPError as exc:
+            payload, headers = exc.read(), exc.headers
+        if headers.get("Set-Cookie"):
+            self.cookie = headers["Set-Cookie"].split(";", 1)[0]
+        self.bodies.append(payload)
+        return payload
+
+    def sign_in(self, name: str, password: str) -> None:
+        self.cookie = ""
+        self.csrf = re.search(rb'name="csrf_token" value="([^"]+)"', self.page("/ui/sign-in")).group(1).decode()
+        self.page("/ui/sign-in", {"name": name, "password": password})
+        fleet = self.page("/ui/")
+        assert b"csrf_token" in fleet, "the console sign-in failed"
+        self.csrf = re.search(rb'name="csrf_token" value="([^"]+)"', fleet).group(1).decode()  # a new session's
 
     def start(self, **body) -> str:
         status, payload = self.call("POST", "/v1/runs", {"target": "testfleet", "action": "hunt", **body})
@@ -224,8 +257,12 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(fleet, tmp_path):
         "FLEETDECK_HUB_URL": f"http://127.0.0.1:{hub.server_address[1]}/runs",
         "FLEETDECK_HUB_SECRET": hub_secret,
     }
+    console_password = secrets.token_urlsafe(24)
+    env.env["FLEETDECK_CONSOLE_USERS"] = json.dumps([{
+        "name": "ops", "password_hash": generate_password_hash(console_password),
+        "scopes": ["read", "operate", "provision"]}])
     service_secrets = {f"token {name}": token for name, token in env.tokens.items()}
-    service_secrets |= {"hook secret": hook_secret, "hub secret": hub_secret}
+    service_secrets |= {"hook secret": hook_secret, "hub secret": hub_secret, "console password": console_password}
     all_secrets |= service_secrets | {"vault password": vault.read_password(env.password_file).decode()}
     data = Path(env.env["FLEETDECK_RUNNER_DATA_DIR"])
     server = Server(env, free_port())
@@ -290,6 +327,18 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(fleet, tmp_path):
             session.stream(run_id)
         for path in ("/v1/runs?limit=500", "/v1/instances", "/v1/actions", "/metrics", "/readyz"):
             session.call("GET", path)
+        session.call("GET", f"/v1/instances/{fleet.hosts[0].name}")
+        # Every console page and form, signed in.
+        session.sign_in("ops", console_password)
+        for host in fleet.hosts:
+            session.page(f"/ui/instances/{host.name}")
+        for run_id in runs:
+            assert session.page(f"/ui/runs/{run_id}").count(run_id.encode()) >= 1
+            assert b"event: end" in session.page(f"/ui/runs/{run_id}/events", stream=True)
+        session.page("/ui/new")
+        session.page("/ui/new", {"name": "Bad", "domain": "x", "address": fleet.hosts[0].address})
+        session.page(f"/ui/instances/{fleet.hosts[0].name}/settings", {"tier": "1", "features": "", "hold": "on"})
+        session.page(f"/ui/instances/{fleet.hosts[0].name}")
         # A callback for each run that ended in the service (the SIGKILLed one ended at the restart).
         wait_until(lambda: len(hub.bodies) >= len(runs) - 1, timeout=30)
 
