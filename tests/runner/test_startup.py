@@ -14,6 +14,7 @@ import subprocess
 import pytest
 from fleetdeck.service import secret_rules
 from fleetdeck.service.config import ConfigError, from_env
+from werkzeug.security import check_password_hash
 
 from tests.playbook import BIN
 from tests.runner.service import make_local_env
@@ -112,6 +113,13 @@ RULES = [
     ("numbers", {"FLEETDECK_HOOK_WINDOW": "inf"}, "FLEETDECK_HOOK_WINDOW: must be a positive"),
     ("tag-pattern", {"FLEETDECK_HOOK_TAG_PATTERN": "refs/tags/(v"}, "not a regular expression"),
     ("tag-pattern", {"FLEETDECK_HOOK_TAG_PATTERN": r"^refs/tags/v\d+$"}, "needs a group"),
+    ("console-users", {"FLEETDECK_CONSOLE_USERS": json.dumps([{"name": "ops", "password_hash": "hunter2",
+                                                                "scopes": ["read"]}])},
+     "password_hash must be a werkzeug scrypt or pbkdf2 hash"),
+    ("console-users", {"FLEETDECK_CONSOLE_USERS": "{"}, "FLEETDECK_CONSOLE_USERS: not JSON"),
+    ("console-users", {"FLEETDECK_CONSOLE_USERS": json.dumps([{"name": "ops", "password_hash": "scrypt:1$a$b",
+                                                                "scopes": ["root"]}])},
+     "scopes must be a non-empty list"),
 ]
 
 
@@ -149,6 +157,14 @@ def test_hash_token_applies_the_same_rules(env):
         [str(BIN / "fleetdeck-runner"), "hash-token"], input=f"{GOOD}\n", capture_output=True, text=True, timeout=60
     )
     assert good.returncode == 0 and good.stdout.strip() == hashlib.sha256(GOOD.encode()).hexdigest()
+
+
+def test_hash_password_applies_the_rules_and_makes_a_werkzeug_hash(env):
+    assert "rule too-short" in refuse(env, {}, ["hash-password"], stdin="hunter2\n")
+    made = subprocess.run([str(BIN / "fleetdeck-runner"), "hash-password"], input=f"{GOOD}\n", capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0 and made.stdout.startswith("scrypt:")
+    assert check_password_hash(made.stdout.strip(), GOOD) and GOOD not in made.stdout
 
 
 def test_unknown_arguments_are_a_usage_error(env):
