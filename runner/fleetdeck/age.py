@@ -20,9 +20,11 @@ class SecretAge:
         return self.age_days is None or self.age_days >= self.rotate_every_days
 
 
-def secret_ages(inv: inventory.Inventory, password: bytes, now: datetime) -> list[SecretAge]:
+def secret_ages(inv: inventory.Inventory, password: bytes, now: datetime,
+                hosts: list[str] | None = None) -> list[SecretAge]:
+    """Of every instance, or of `hosts`."""
     secrets, rows = secrets_catalog.load(inv.path), []
-    for host in inv.hosts():
+    for host in inv.hosts() if hosts is None else hosts:
         path = inv.path / "host_vars" / host / "vault.yml"
         variables = vault.decrypt_file(path, password) if path.exists() else {}
         rotated = variables.get(secrets_catalog.ROTATED_AT) or {}

@@ -5,6 +5,7 @@ a decommission ends with. Create -> deploy -> decommission on a real host: test_
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 
@@ -219,3 +220,12 @@ def test_set_instance_is_the_same_change_on_the_command_line(tmp_path):
     assert main["rollout_hold"] is True and main["rollout_hold_reason"] == "migration"
     refused = subprocess.run([*script, "--features", "Bad Flag"], capture_output=True, text=True)
     assert refused.returncode == 2 and "features" in refused.stderr
+
+
+def test_detail_shows_secret_ages_never_values(client, env):
+    detail = client.get("/v1/instances/local-1", headers=env.auth("reader")).get_json()
+    names = {s["secret"] for s in detail["secret_ages"]}
+    assert detail["secret_ages_error"] is None and "app_api_token" in names, detail
+    # The test vaults record no rotation time: unknown age, so overdue.
+    assert all(s["age_days"] is None and s["overdue"] for s in detail["secret_ages"])
+    assert env.secrets["local-1"] not in json.dumps(detail)

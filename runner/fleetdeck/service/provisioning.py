@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
-from fleetdeck import hostkeys, instance_edit, inventory, scaffold, validate
+from fleetdeck import age, hostkeys, instance_edit, inventory, scaffold, validate, vault
 from fleetdeck.errors import FleetdeckError, Refused
 
 from . import runs
@@ -101,8 +102,21 @@ def detail(svc: Service, name: str) -> dict:
     releases = [{"version": r["params"].get("app_version"), "action": r["action"], "finished": r["finished"]}
                 for r in recent if r["status"] == "successful" and not r["check"]
                 and r["action"] in ("deploy", "upgrade", "update_binary", "rollback", "canary_upgrade")]
-    return {**row, "recent_runs": recent, "releases": releases,
+    return {**row, "recent_runs": recent, "releases": releases, **_secret_ages(svc, name),
             "audit": svc.store.audit_about("instance.", name, RECENT)}
+
+
+def _secret_ages(svc: Service, name: str) -> dict:
+    """Each catalog secret's age (from the vault's rotation times; never a value), or why it is unknown."""
+    try:
+        if svc.password_file is None:
+            raise FleetdeckError("the runner has no vault password file")
+        rows = age.secret_ages(runs.load_inventory(svc), vault.read_password(svc.password_file),
+                               datetime.now(UTC), [name])
+    except FleetdeckError as exc:
+        return {"secret_ages": [], "secret_ages_error": str(exc)}
+    return {"secret_ages": [{"secret": r.secret, "age_days": r.age_days, "rotate_every_days": r.rotate_every_days,
+                             "overdue": r.overdue} for r in rows], "secret_ages_error": None}
 
 
 def _row(svc: Service, inv: inventory.Inventory, name: str) -> dict:
