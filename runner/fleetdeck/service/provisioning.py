@@ -204,7 +204,7 @@ def finished(svc: Service, run: dict) -> None:
         return
     try:
         archive, diff = instance_edit.remove(svc.settings.inventory, name)
-    except FleetdeckError as exc:
+    except (FleetdeckError, OSError) as exc:  # before hosts.yml is replaced, nothing of the inventory changed
         svc.store.audit("runner", "instance.decommission_failed", run["id"], {"instance": name, "error": str(exc)})
         return
     svc.store.audit("runner", "instance.decommissioned", run["id"],
