@@ -150,8 +150,7 @@ def test_run_page_streams_the_log_and_previews_offer_to_apply(app, env):
 
 def test_no_secret_on_any_page(app, env):
     client = signed_in(app, "ops")
-    for host in ("local-1", "local-2", "local-3"):
-        client.post("/v1/runs", json={"action": "ping", "target": host}, headers=env.auth("admin"))
+    client.post("/v1/runs", json={"action": "ping", "target": "testfleet"}, headers=env.auth("admin"))
     runs = client.get("/v1/runs", headers=env.auth()).get_json()["runs"]
     wait_until(lambda: all(client.get(f"/v1/runs/{r['id']}", headers=env.auth()).get_json()["status"]
                            not in ("queued", "running") for r in runs))
@@ -161,6 +160,6 @@ def test_no_secret_on_any_page(app, env):
     bodies += [client.get(f"/ui/runs/{r['id']}/events", base_url=HTTPS).get_data() for r in runs]
     values = [*env.secrets.values(), *env.tokens.values(), *PASSWORDS.values(),
               env.password_file.read_text()]
-    assert len(bodies) >= 9
+    assert len(bodies) >= 8
     for value in values:
         assert not any(value.encode() in body for body in bodies)
