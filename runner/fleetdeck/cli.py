@@ -1,5 +1,5 @@
-"""Command line of scripts/add-instance, audit, bootstrap-vault, check-inventory, rekey-vault, secret-age,
-set-instance and vault-update."""
+"""Command line of scripts/add-instance, audit, bootstrap-vault, check-inventory, drift, import-instance,
+pull-config, rekey-vault, secret-age, set-instance and vault-update."""
 
 from __future__ import annotations
 
@@ -10,7 +10,20 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fleetdeck import age, audit, instance_edit, inventory, inventory_check, rekey, scaffold, vault, vault_update
+from fleetdeck import (
+    age,
+    audit,
+    drift,
+    instance_edit,
+    inventory,
+    inventory_check,
+    pull_config,
+    rekey,
+    scaffold,
+    takeover,
+    vault,
+    vault_update,
+)
 from fleetdeck.errors import FleetdeckError, Refused
 
 DEFAULT_ENV = scaffold.REPO / "inventory" / "production"
@@ -45,6 +58,26 @@ def set_instance(args: argparse.Namespace) -> None:
     diff = instance_edit.change(args.inventory, args.name, instance_edit.Change(
         tier=args.tier, canary=args.canary, features=features, hold=args.hold, hold_reason=args.hold_reason))
     print(diff or f"{args.name}: nothing to change", end="" if diff else "\n")
+
+
+def import_instance(args: argparse.Namespace) -> None:
+    for line in takeover.import_instance(args.inventory, args.name, args.address, args.domain, tier=args.tier,
+                                         port=args.port, env_file=args.env_file, backup=not args.no_backup):
+        print(line)
+
+
+def show_drift(args: argparse.Namespace) -> int:
+    results = drift.collect(args.inventory, args.limit)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _print_table(drift.table(results))
+    return drift.DRIFTED if drift.drifted(results) else 0
+
+
+def pull(args: argparse.Namespace) -> None:
+    for line in pull_config.pull(args.inventory, args.name, args.keys, write=args.yes):
+        print(line)
 
 
 def check_inventory(args: argparse.Namespace) -> None:
@@ -157,6 +190,30 @@ def parser() -> argparse.ArgumentParser:
                               help="check every instance: settings, vaults, secrets, host keys")
     cmd.set_defaults(run=check_inventory)
 
+    cmd = commands.add_parser("drift", parents=[env], help="each instance against the inventory, key by key")
+    cmd.add_argument("--limit", help="instances or groups (Ansible --limit); default: the whole fleet")
+    cmd.add_argument("--json", action="store_true", help="as JSON: {instance: [{where, key, change, desired, live}]}")
+    cmd.set_defaults(run=show_drift)
+
+    cmd = commands.add_parser("import-instance", parents=[env],
+                              help="take over a hand-installed instance as it runs (see fleetdeck.takeover)")
+    cmd.add_argument("name", metavar="NAME", help="inventory host name to give it")
+    cmd.add_argument("address", metavar="ADDRESS", help="IP address or DNS name Ansible connects to")
+    cmd.add_argument("--domain", required=True, help="the instance's public FQDN")
+    cmd.add_argument("--env-file", help="env file to read (default: the EnvironmentFile= lines of the app's unit)")
+    cmd.add_argument("--tier", type=int, choices=(1, 2), default=1,
+                     help="1: managed; 2: managed and reporting to central monitoring")
+    cmd.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    cmd.add_argument("--no-backup", action="store_true", help="do not back the instance up before the check")
+    cmd.set_defaults(run=import_instance)
+
+    cmd = commands.add_parser("pull-config", parents=[env],
+                              help="adopt an instance's live env values into the inventory (preview first)")
+    cmd.add_argument("name", metavar="NAME", help="the instance")
+    cmd.add_argument("--keys", nargs="+", metavar="KEY", help="only these keys (default: every drifted env key)")
+    cmd.add_argument("--yes", action="store_true", help="write the change shown in the preview")
+    cmd.set_defaults(run=pull)
+
     cmd = commands.add_parser("rekey-vault", parents=[env], help="change the vault password, all or none")
     cmd.add_argument("--new-password-file", type=Path,
                      help="take the new password from this file (default: generate one)")
@@ -178,11 +235,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except FleetdeckError as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return exc.exit_status
-    return 0
 
 
 def _shown(path: Path) -> Path:

@@ -17,6 +17,8 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 from fleetdeck import files, hostkeys, inventory, rekey, secrets_catalog, validate, vault
 from fleetdeck.errors import FleetdeckError, Refused
 
@@ -29,8 +31,14 @@ KNOWN_HOSTS_HEADER = "# SSH host keys of this environment's instances, pinned by
 
 def add_instance(env: str | Path, name: str, domain: str, address: str, *, tier: int = 1,
                  canary: bool = False, version: str = "1.0.0", port: int = 22,
-                 host_key: bool = True, features: tuple[str, ...] = ()) -> list[Path]:
-    """Validate, pin the host key, generate the secrets and write the instance; returns the paths written."""
+                 host_key: bool | str = True, features: tuple[str, ...] = (), extra_vars: dict | None = None,
+                 secret_values: dict[str, str] | None = None) -> list[Path]:
+    """Validate, pin the host key, generate the secrets and write the instance; returns the paths written.
+
+    `host_key` may be a known_hosts line fetched already (scripts/import-instance reads the host first).
+    `extra_vars` go to main.yml; `secret_values` (vault variable -> value) replace generated ones, and have
+    no rotation stamp (their age is unknown).
+    """
     name, domain, address = validate.instance_name(name), validate.domain(domain), validate.address(address)
     tier, version, port = validate.tier(tier), validate.version(version), validate.port(port)
     features = validate.features(features)
@@ -45,13 +53,17 @@ def add_instance(env: str | Path, name: str, domain: str, address: str, *, tier:
             raise Refused(f"instance {name!r} already exists in {env} (hosts.yml or host_vars/{name})")
         password = vault.read_password()
         secrets = secrets_catalog.load(EXAMPLE if new_env else env)
-        key_line = hostkeys.entry(address, port, hostkeys.fetch(address, port)) if host_key else None
+        key_line = host_key if isinstance(host_key, str) else (
+            hostkeys.entry(address, port, hostkeys.fetch(address, port)) if host_key else None)
         known_hosts = KNOWN_HOSTS_HEADER if new_env else _read(env / "known_hosts")
         if key_line:
             known_hosts = hostkeys.pin(known_hosts, key_line)
 
-        main = _main_yml(name, domain, address, tier, version, port, features)
+        main = _main_yml(name, domain, address, tier, version, port, features, extra_vars or {})
         secret_vars = secrets_catalog.new_vault(secrets, datetime.now(UTC))
+        secret_vars.update(secret_values or {})
+        for var in secret_values or {}:
+            secret_vars[secrets_catalog.ROTATED_AT].pop(var.removeprefix("vault_"), None)
         stage = env.parent / f".{env.name}.new" if new_env else env / f"{STAGING_PREFIX}{name}"
         stage.mkdir()
         try:
@@ -114,7 +126,7 @@ def _commit(env: Path, stage: Path, name: str) -> None:
 
 
 def _main_yml(name: str, domain: str, address: str, tier: int, version: str, port: int,
-              features: list[str]) -> str:
+              features: list[str], extra: dict) -> str:
     lines = [f"# Instance {name}: non-secret settings. Secrets are in vault.yml (scripts/add-instance).",
              f"ansible_host: {json.dumps(address)}",
              *([f"ansible_port: {port}"] if port != 22 else []),
@@ -122,7 +134,8 @@ def _main_yml(name: str, domain: str, address: str, tier: int, version: str, por
              f"fleetdeck_tier: {tier}",
              f"app_version: {json.dumps(version)}",
              f"app_features: {json.dumps(features)}"]
-    return "\n".join(lines) + "\n"
+    extra_yml = yaml.safe_dump(extra, sort_keys=False, default_flow_style=False, width=1000) if extra else ""
+    return "\n".join(lines) + "\n" + extra_yml
 
 
 def _read(path: Path) -> str:

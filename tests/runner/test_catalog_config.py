@@ -25,6 +25,8 @@ ISSUE_ACTIONS = {
     "install_dependencies",
     "update_binary",
     "rotate_trust",
+    "drift",  # issue 16
+    "compliance",  # issue 16
 }
 
 
