@@ -27,6 +27,7 @@ ISSUE_ACTIONS = {
     "rotate_trust",
     "drift",  # issue 16
     "compliance",  # issue 16
+    "decommission",
 }
 
 
