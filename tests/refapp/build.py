@@ -45,6 +45,7 @@ sys.exit(main())
 class Manifest:
     migrations: tuple[int, ...]  # numbers of the migrations shipped in lib/refapp/migrations
     schema: int  # schema level the release requires to report healthy
+    faults: tuple[str, ...] = ()  # deliberate defects of the release (see refapp/server.py)
 
 
 RELEASES = {
@@ -53,6 +54,11 @@ RELEASES = {
     # Deliberately broken: the code was bumped to require schema 3, but migration 0003 never
     # got written, so /health keeps failing. Used to exercise canary rollback.
     "1.2.0": Manifest(migrations=(1, 2), schema=3),
+    # Deliberately faulty only under load: /health stays ok, API requests beyond a few per second
+    # fail with 500 (exercises canary analysis against peers).
+    "1.3.0": Manifest(migrations=(1, 2), schema=2, faults=("errors_under_load",)),
+    # A healthy successor of 1.1.0.
+    "1.4.0": Manifest(migrations=(1, 2), schema=2),
 }
 
 
@@ -101,7 +107,8 @@ def source_files(manifest: Manifest) -> dict[str, bytes]:
 
 def _tarball(version: str, manifest: Manifest, vendored: dict[str, bytes]) -> bytes:
     top = f"refapp-{version}"
-    release_json = json.dumps({"version": version, "schema": manifest.schema}, indent=2) + "\n"
+    release_json = json.dumps({"version": version, "schema": manifest.schema, "faults": list(manifest.faults)},
+                              indent=2) + "\n"
     members = {
         "VERSION": (version + "\n").encode(),
         "bin/refapp": LAUNCHER.encode(),

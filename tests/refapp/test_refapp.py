@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pg8000.native
@@ -219,7 +220,7 @@ def serving(launcher: Path, env: dict[str, str], log: Path):
 
 def test_build_is_reproducible_and_checksummed(tmp_path):
     first, second = build(tmp_path / "a"), build(tmp_path / "b")
-    assert list(first) == list(RELEASES) == ["1.0.0", "1.1.0", "1.2.0"]
+    assert list(first) == list(RELEASES) == ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0"]
     for version, tarball in first.items():
         data = tarball.read_bytes()
         assert tarball.name == artifact_name(version)
@@ -466,3 +467,16 @@ def test_release_1_2_0_serves_but_reports_failing(releases, make_env, database, 
     assert health["status"] == "failing"
     assert health["version"] == "1.2.0"
     assert (health["database"], health["schema"], health["expected_schema"]) == ("reachable", 2, 3)
+
+
+def test_release_1_3_0_fails_only_under_load(releases, make_env, database, tmp_path):
+    env = make_env(database)
+    assert run(releases["1.3.0"], "migrate", env).returncode == 0
+    with serving(releases["1.3.0"], env, tmp_path / "serve.log") as app:
+        quiet = [app.call("GET", "/items", token=TOKEN)[0] for _ in range(3)]
+        with ThreadPoolExecutor(8) as pool:  # well over 4 requests within 2 s
+            busy = list(pool.map(lambda _: app.call("GET", "/items", token=TOKEN)[0], range(40)))
+        status, _, health = app.call("GET", "/health")
+    assert quiet == [200, 200, 200]
+    assert busy.count(500) >= 5 and busy.count(200) >= 5, busy
+    assert (status, health["status"], health["version"]) == (200, "ok", "1.3.0")

@@ -15,12 +15,13 @@ from refapp import db
 class Release:
     version: str
     schema: int
+    faults: tuple[str, ...] = ()  # deliberate defects of this build (see server.py)
 
 
 def current() -> Release:
     manifest = Path(__file__).with_name("release.json")
     if manifest.exists():
         data = json.loads(manifest.read_text())
-        return Release(version=data["version"], schema=int(data["schema"]))
+        return Release(version=data["version"], schema=int(data["schema"]), faults=tuple(data.get("faults", ())))
     shipped = db.migrations()
     return Release(version="0.0.0+source", schema=shipped[-1].number if shipped else 0)

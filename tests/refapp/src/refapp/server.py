@@ -1,11 +1,13 @@
 """HTTP endpoints: /health, /metrics, /items, /whoami."""
 
+import collections
 import hmac
 import json
 import logging
 import os
 import re
 import socket
+import threading
 import time
 from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +21,11 @@ from refapp.release import Release
 log = logging.getLogger("refapp.http")
 MAX_BODY = 64 * 1024
 ITEM_PATH = re.compile(r"/items/(\d{1,9})")
+# errors_under_load: once more than LOAD_THRESHOLD API requests arrived within the last LOAD_WINDOW
+# seconds, every other API request fails with 500. /health and /metrics are never affected, so the release looks fine
+# to a health check and only its error rate under traffic gives it away.
+LOAD_THRESHOLD = 4
+LOAD_WINDOW = 2.0
 
 
 class Response(Exception):
@@ -38,6 +45,23 @@ class App:
         self.release = release
         self.items = db.Items(release.schema)
         self.metrics = Metrics(release.version, cfg.instance)
+        self._recent: collections.deque[float] = collections.deque()
+        self._fault_lock = threading.Lock()
+        self._overloaded = 0
+
+    def fails_under_load(self) -> bool:
+        """True for every other API request while more than LOAD_THRESHOLD arrived within LOAD_WINDOW."""
+        if "errors_under_load" not in self.release.faults:
+            return False
+        now = time.monotonic()
+        with self._fault_lock:
+            self._recent.append(now)
+            while self._recent[0] < now - LOAD_WINDOW:
+                self._recent.popleft()
+            if len(self._recent) <= LOAD_THRESHOLD:
+                return False
+            self._overloaded += 1
+            return self._overloaded % 2 == 0
 
     def token_kind(self, authorization: str) -> str | None:
         scheme, _, presented = authorization.partition(" ")
@@ -175,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
         if route == "/metrics":
             return Response(200, self.app.render_metrics(), "text/plain; version=0.0.4; charset=utf-8")
 
+        if self.app.fails_under_load():
+            raise Response(500, {"error": "internal error"})
         kind = self.app.token_kind(self.headers.get("Authorization", ""))
         if kind is None:
             error = Response(401, {"error": "missing or invalid bearer token"})
