@@ -48,7 +48,7 @@ options:
   min_requests: {description: Fewest requests an interval needs to be judged., type: int, default: 20}
   max_error_rate: {description: Highest acceptable 5xx share of the canary., type: float, default: 0.05}
   error_rate_ratio: {description: Highest acceptable canary/baseline error rate ratio., type: float, default: 2}
-  error_rate_floor: {description: Baseline error rate assumed at least (keeps the ratio meaningful near 0)., type: float,
+  error_rate_floor: {description: Baseline error rate assumed at least (a ratio near 0 means little)., type: float,
                      default: 0.01}
   latency_quantile: {description: Latency quantile judged., type: float, default: 0.95}
   max_latency: {description: Highest acceptable latency quantile of the canary in seconds., type: float, default: 1}

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.canary_judge import (
     FAIL,
     INCONCLUSIVE,
