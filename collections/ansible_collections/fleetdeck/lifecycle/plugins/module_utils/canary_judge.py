@@ -107,3 +107,23 @@ def verdict(results, planned, c):
         return PASS, f"{passed} of {planned} intervals passed, {failed} failed (failure limit {c['failure_limit']})"
     return INCONCLUSIVE, (f"only {passed} of {planned} intervals passed (needed {c['min_passed']}), "
                           f"{results.count(INCONCLUSIVE)} had too few samples, {failed} failed")
+
+
+def _cells(numbers):
+    if numbers is None:
+        return f"{'-':>8} {'-':>7} {'-':>8} {'-':>3}"
+    rate = "-" if numbers["error_rate"] is None else f"{numbers['error_rate']:.1%}"
+    latency = "-" if numbers["latency"] is None else f"{numbers['latency']:.3f}s"
+    return f"{numbers['requests']:>8g} {rate:>7} {latency:>8} {numbers['restarts']:>3}"
+
+
+def report_lines(intervals, decision, reason, quantile):
+    """The analysis as the operator reads it: the decision, then one row per interval."""
+    percentile = f"p{quantile * 100:g}"
+    lines = [f"decision: {str(decision).upper()} ({reason})",
+             f"{'#':>2} {'result':<12} | {'canary':>8} {'errors':>7} {percentile:>8} {'rst':>3} | "
+             f"{'baseline':>8} {'errors':>7} {percentile:>8} {'rst':>3} | why"]
+    for row in intervals:
+        lines.append(f"{row['interval']:>2} {row['result']:<12} | {_cells(row['canary'])} | "
+                     f"{_cells(row['baseline'])} | {'; '.join(row['reasons']) or '-'}")
+    return lines

@@ -85,6 +85,8 @@ decision: {description: V(pass), V(fail) or V(inconclusive)., returned: success,
 reason: {description: The decision in words., returned: success, type: str}
 baseline_instances: {description: Instances compared with (last interval)., returned: success, type: list,
                      elements: str}
+report: {description: The decision and a row per interval, as shown to the operator., returned: success, type: list,
+         elements: str}
 intervals:
   description: Per interval C(result), C(reasons) and the C(canary) and C(baseline) numbers (requests, error_rate,
     latency, restarts).
@@ -100,6 +102,7 @@ import urllib.parse
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.canary_judge import (
     judge_interval,
+    report_lines,
     summarize,
     verdict,
 )
@@ -218,7 +221,8 @@ def main():
         if decision:
             break
     module.exit_json(changed=False, decision=decision, reason=reason, intervals=report,
-                     baseline_instances=baseline_names)
+                     baseline_instances=baseline_names,
+                     report=report_lines(report, decision, reason, p["latency_quantile"]))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,9 @@ def test_an_erroring_canary_fails_at_the_failure_limit(server):
     assert result["reason"] == "2 of 2 intervals failed (failure limit 2)"
     assert result["intervals"][0]["reasons"] == [
         "error rate 30.0% > 5.0%", "error rate 30.0% > 2 x baseline max(0.5%, floor 1.0%)"]
+    assert result["report"][0] == "decision: FAIL (2 of 2 intervals failed (failure limit 2))"
+    assert result["report"][2] == (" 1 fail         |      100   30.0%   0.048s   0 |      200    0.5%   0.048s   0 | "
+                                   "error rate 30.0% > 5.0%; error rate 30.0% > 2 x baseline max(0.5%, floor 1.0%)")
 
 
 def test_an_unreachable_api_fails_naming_it(server):
