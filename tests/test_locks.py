@@ -15,8 +15,8 @@ from tests.deployment import Deployment
 FLEET_SIZE = 2
 FAST = ("-e", "rollout_soak_seconds=3", "-e", "rollout_soak_interval=1", "-e", "app_health_retries=15")
 # A first run that keeps the lock a while after installing (a canary-style soak).
-SOAKING = ("-e", '{"rollout_soak": true}', "-e", "rollout_soak_seconds=25", "-e", "rollout_soak_interval=2",
-           "-e", "app_health_retries=15")
+SOAKING = ("-e", '{"rollout_soak": true, "rollout_analysis": false}', "-e", "rollout_soak_seconds=25",
+           "-e", "rollout_soak_interval=2", "-e", "app_health_retries=15")
 
 
 @pytest.fixture(scope="module")

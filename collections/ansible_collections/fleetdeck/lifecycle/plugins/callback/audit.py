@@ -22,6 +22,9 @@ description:
     V(unreachable), V(skipped), or V(interrupted) when ansible-playbook stopped before its recap),
     C(changed) (number of changed tasks), C(check_mode). A run with a V(start) line and no V(end) line never
     ended (the controller was killed)."
+  - "V(analysis): written when a canary analysis (fleetdeck.lifecycle.canary_analysis) ends: C(instance),
+    C(version) (the canary's release), C(baseline_version), C(decision), C(reason), C(baseline_instances) and
+    C(intervals) (the numbers behind the decision)."
   - Versions are the instance's local fact C(ansible_local.app.current) (the release the app role recorded),
     C(version_from) when the lock was taken (else when the run ended), C(version_to) when the run ended;
     V(null) when unknown. No other variable value is ever written.
@@ -59,6 +62,8 @@ from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.run_identity i
 
 ACTION_VAR = "fleetdeck_audit_action"
 LOCK_ACTIONS = ("fleetdeck.lifecycle.instance_lock", "instance_lock")
+ANALYSIS_ACTIONS = ("fleetdeck.lifecycle.canary_analysis", "canary_analysis")
+ANALYSIS_FIELDS = ("baseline_version", "decision", "reason", "baseline_instances", "intervals")
 
 
 def _operator():
@@ -158,6 +163,10 @@ class CallbackModule(CallbackBase):
         entry = self._seen(result.host)
         if entry and result.task.action in LOCK_ACTIONS and result.task.args.get("state", "acquired") == "acquired":
             self._locked(entry, result.result)
+        if entry and result.task.action in ANALYSIS_ACTIONS and "decision" in result.result:
+            self._write([dict(self._line("analysis"), instance=entry["host"].name,
+                              version=self._running_version(entry),
+                              **{key: result.result.get(key) for key in ANALYSIS_FIELDS})])
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         self._seen(result.host)

@@ -83,6 +83,7 @@ EXAMPLES = r"""
 RETURN = r"""
 decision: {description: V(pass), V(fail) or V(inconclusive)., returned: success, type: str}
 reason: {description: The decision in words., returned: success, type: str}
+baseline_version: {description: O(baseline_version)., returned: success, type: str}
 baseline_instances: {description: Instances compared with (last interval)., returned: success, type: list,
                      elements: str}
 report: {description: The decision and a row per interval, as shown to the operator., returned: success, type: list,
@@ -221,7 +222,7 @@ def main():
         if decision:
             break
     module.exit_json(changed=False, decision=decision, reason=reason, intervals=report,
-                     baseline_instances=baseline_names,
+                     baseline_version=p["baseline_version"], baseline_instances=baseline_names,
                      report=report_lines(report, decision, reason, p["latency_quantile"]))
 
 

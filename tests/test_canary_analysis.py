@@ -1,0 +1,158 @@
+"""Canary analysis against peers on real hosts: inst1 (canary) and inst2 (baseline) remote_write to a central
+VictoriaMetrics (central.yml), and the canary is judged from PromQL against the instances still on the old
+release. Soaks are seconds long: 3 intervals of 6 s, read 8 s after each ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deployment import Deployment
+
+FLEET_SIZE = 3  # inst1 (canary), inst2, central1
+TEST_VARS = {
+    "monitoring_scrape_interval": "2s",
+    "central_scrape_interval": "3s",
+    "monitoring_prometheus_private_users": False,  # the test hosts cannot create user namespaces
+}
+ANALYSIS = ("-e", "rollout_soak_seconds=1", "-e", "rollout_soak_interval=1", "-e", "app_health_retries=15",
+            "-e", "rollout_analysis_interval=6", "-e", "rollout_analysis_intervals=3",
+            "-e", "rollout_analysis_delay=8", "-e", "rollout_analysis_min_requests=10",
+            # Latency on this shared 2-core machine swings widely: judged loosely, errors strictly.
+            "-e", "rollout_analysis_max_latency=3", "-e", "rollout_analysis_latency_ratio=10")
+# A few API clients per instance, well over the 4 requests per 2 s at which refapp 1.3.0 starts failing.
+LOAD = """
+import sys, threading, time, urllib.request
+token, until = sys.argv[1], time.time() + float(sys.argv[2])
+def work():
+    while time.time() < until:
+        request = urllib.request.Request("http://127.0.0.1:8080/items", headers={"Authorization": "Bearer " + token})
+        try:
+            urllib.request.urlopen(request, timeout=5).read()
+        except Exception:
+            pass
+        time.sleep(0.1)
+for _ in range(3):
+    threading.Thread(target=work).start()
+"""
+
+
+@pytest.fixture(scope="module")
+def deployment(fleet, tmp_path_factory):
+    """inst1 (canary) and inst2 on 1.0.0, both tier 2, deployed while central1 is set up, then monitored."""
+    instances = copy.copy(fleet)
+    instances.hosts = fleet.hosts[:2]
+    deployment = Deployment.create(instances, tmp_path_factory.mktemp("analysis"), canary=1, tier2=(0, 1))
+    central = fleet.hosts[2]
+    inventory = deployment.inventory
+    (inventory / "central.yml").write_text(yaml.safe_dump(
+        {"all": {"children": {"central": {"hosts": {"central1": {"ansible_host": central.address}}}}}}))
+    host_key = next(line for line in fleet.known_hosts.read_text().splitlines()
+                    if line.startswith(f"{central.address} "))
+    with open(inventory / "known_hosts", "a") as known_hosts:
+        known_hosts.write(host_key + "\n")
+    for name in deployment.instances:
+        (inventory / "host_vars" / name / "monitoring.yml").write_text(
+            yaml.safe_dump({"vault_monitoring_remote_write_token": f"test-token-{name}-0123456789abcdef"}))
+    (inventory / "group_vars" / "all" / "monitoring_test.yml").write_text(yaml.safe_dump(TEST_VARS))
+    with ThreadPoolExecutor(2) as pool:
+        deploy = pool.submit(deployment.playbook, "deploy.yml", "--skip-tags", "common")
+        central_run = pool.submit(deployment.playbook, "central.yml")
+        for result in (deploy.result(), central_run.result()):
+            assert result.rc == 0, result.output
+    result = deployment.playbook("monitoring.yml")
+    assert result.rc == 0, result.output
+    deployment.central = central
+    return deployment
+
+
+def load(deployment, seconds):
+    """API traffic on every instance for `seconds`, from a process on the instance itself."""
+    for name in deployment.instances:
+        token = deployment.secrets(name)["vault_app_api_token"]
+        deployment.on(name, f"systemd-run --collect --quiet python3 -c {shlex.quote(LOAD)} "
+                            f"{shlex.quote(token)} {seconds}")
+
+
+def canary_upgrade(deployment, version, *args, traffic=90):
+    if traffic:
+        load(deployment, traffic)
+    return deployment.playbook("canary_upgrade.yml", "-e", f"app_version={version}", "-e", "upgrade_batches=100%",
+                               *ANALYSIS, *args)
+
+
+def decision_block(output):
+    """The decision as printed by 'Show the canary decision'."""
+    start = output.index("canary analysis of inst1")
+    return output[start:output.index("TASK [", start)]
+
+
+def audit(deployment, event):
+    lines = map(json.loads, Path(deployment.env["FLEETDECK_AUDIT_LOG"]).read_text().splitlines())
+    return [line for line in lines if line["event"] == event]
+
+
+def versions(deployment):
+    return {name: deployment.health(name)["version"] for name in deployment.instances}
+
+
+def test_a_release_failing_under_load_fails_against_its_peers_though_healthy(deployment):
+    result = canary_upgrade(deployment, "1.3.0")
+    assert result.rc != 0
+    shown = decision_block(result.output)
+    print(shown)
+    assert "canary analysis of inst1 (1.3.0) against inst2 (1.0.0) on central1" in shown
+    assert "decision: FAIL" in shown and "error rate" in shown
+    # Its health never failed: the soak passed, the analysis stopped it.
+    assert "canary unhealthy" not in result.output
+    assert "upgrade to 1.3.0 failed (canary analysis: fail" in result.output
+    assert "rolled back to 1.0.0" in result.output
+    assert versions(deployment) == {"inst1": "1.0.0", "inst2": "1.0.0"}
+    (line,) = [a for a in audit(deployment, "analysis") if a["version"] == "1.3.0"]
+    assert line["instance"] == "inst1" and line["decision"] == "fail" and line["baseline_instances"] == ["inst2"]
+    assert line["intervals"][0]["canary"]["error_rate"] > 0.05
+
+
+def test_a_healthy_release_passes_and_the_fleet_follows(deployment):
+    result = canary_upgrade(deployment, "1.4.0")
+    shown = decision_block(result.output)
+    print(shown)
+    assert result.rc == 0, result.output
+    assert "decision: PASS" in shown
+    assert versions(deployment) == {"inst1": "1.4.0", "inst2": "1.4.0"}
+    (line,) = [a for a in audit(deployment, "analysis") if a["version"] == "1.4.0"]
+    assert line["decision"] == "pass" and line["intervals"][0]["baseline"]["requests"] >= 10
+
+
+def test_too_few_samples_pause_until_promoted(deployment):
+    run = deployment.start("canary_upgrade.yml", "-e", "app_version=1.1.0", "-e", "upgrade_batches=100%",
+                           *ANALYSIS, "-e", "rollout_analysis_pause_timeout=120")
+    decided = threading.Event()
+
+    def promote():  # once the analysis has ended (its audit line), as an operator would
+        while not decided.is_set():
+            if any(a["version"] == "1.1.0" for a in audit(deployment, "analysis")):
+                decision = deployment.playbook("canary_decision.yml", "--limit", "inst1",
+                                               "-e", "canary_decision=promote")
+                assert decision.rc == 0, decision.output
+                return
+            time.sleep(1)
+
+    helper = threading.Thread(target=promote)
+    helper.start()
+    result = deployment.playbook_finished(run)
+    decided.set()
+    helper.join()
+    assert result.rc == 0, result.output
+    assert "decision: INCONCLUSIVE" in decision_block(result.output)
+    assert "canary inst1: promote (canary_decision)" in result.output
+    assert versions(deployment) == {"inst1": "1.1.0", "inst2": "1.1.0"}
