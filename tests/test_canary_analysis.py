@@ -5,6 +5,7 @@ release. Soaks are seconds long: 3 intervals of 6 s, read 8 s after each ends.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shlex
@@ -28,7 +29,8 @@ ANALYSIS = ("-e", "rollout_soak_seconds=1", "-e", "rollout_soak_interval=1", "-e
             "-e", "rollout_analysis_interval=6", "-e", "rollout_analysis_intervals=3",
             "-e", "rollout_analysis_delay=8", "-e", "rollout_analysis_min_requests=10",
             # Latency on this shared 2-core machine swings widely: judged loosely, errors strictly.
-            "-e", "rollout_analysis_max_latency=3", "-e", "rollout_analysis_latency_ratio=10")
+            "-e", "rollout_analysis_max_latency=10", "-e", "rollout_analysis_latency_ratio=20",
+            "-e", "rollout_analysis_pause_timeout=30")
 # A few API clients per instance, well over the 4 requests per 2 s at which refapp 1.3.0 starts failing.
 LOAD = """
 import sys, threading, time, urllib.request
@@ -40,8 +42,8 @@ def work():
             urllib.request.urlopen(request, timeout=5).read()
         except Exception:
             pass
-        time.sleep(0.1)
-for _ in range(3):
+        time.sleep(0.2)
+for _ in range(2):
     threading.Thread(target=work).start()
 """
 
@@ -75,19 +77,24 @@ def deployment(fleet, tmp_path_factory):
     return deployment
 
 
-def load(deployment, seconds):
-    """API traffic on every instance for `seconds`, from a process on the instance itself."""
+@contextlib.contextmanager
+def load(deployment):
+    """API traffic on every instance, from a process on the instance itself, while in the block."""
     for name in deployment.instances:
         token = deployment.secrets(name)["vault_app_api_token"]
-        deployment.on(name, f"systemd-run --collect --quiet python3 -c {shlex.quote(LOAD)} "
-                            f"{shlex.quote(token)} {seconds}")
+        deployment.on(name, f"systemd-run --unit=test-load --collect --quiet python3 -c {shlex.quote(LOAD)} "
+                            f"{shlex.quote(token)} 600")
+    try:
+        yield
+    finally:
+        for name in deployment.instances:
+            deployment.on(name, "systemctl stop test-load", check=False)
 
 
-def canary_upgrade(deployment, version, *args, traffic=90):
-    if traffic:
-        load(deployment, traffic)
-    return deployment.playbook("canary_upgrade.yml", "-e", f"app_version={version}", "-e", "upgrade_batches=100%",
-                               *ANALYSIS, *args)
+def canary_upgrade(deployment, version, *args):
+    with load(deployment):
+        return deployment.playbook("canary_upgrade.yml", "-e", f"app_version={version}",
+                                   "-e", "upgrade_batches=100%", *ANALYSIS, *args)
 
 
 def decision_block(output):
@@ -135,7 +142,7 @@ def test_a_healthy_release_passes_and_the_fleet_follows(deployment):
 
 def test_too_few_samples_pause_until_promoted(deployment):
     run = deployment.start("canary_upgrade.yml", "-e", "app_version=1.1.0", "-e", "upgrade_batches=100%",
-                           *ANALYSIS, "-e", "rollout_analysis_pause_timeout=120")
+                           *ANALYSIS, "-e", "rollout_analysis_pause_timeout=120")  # the later -e wins
     decided = threading.Event()
 
     def promote():  # once the analysis has ended (its audit line), as an operator would

@@ -17,6 +17,7 @@ ISSUE_ACTIONS = {
     "configure",
     "upgrade",
     "canary_upgrade",
+    "canary_decision",
     "rollback",
     "backup",
     "restore",
@@ -36,6 +37,16 @@ def test_shipped_catalog_has_every_action_with_its_playbook():
     assert set(catalog.actions) == ISSUE_ACTIONS and catalog.missing == {}
     for action in catalog.actions.values():
         assert (REPO / action.playbook).is_file()
+
+
+def test_only_canary_decision_runs_without_leases():
+    # A paused canary_upgrade run holds the canary's lease: the decision it waits for must not need it.
+    catalog = Catalog.load(PACKAGE_DIR / "actions.yml", REPO)
+    assert [name for name, action in catalog.actions.items() if not action.leases] == ["canary_decision"]
+    decision = catalog.actions["canary_decision"]
+    assert decision.targets == ("instance",) and decision.public()["leases"] is False
+    assert decision.parameter_errors({"canary_decision": "promote"}) == []
+    assert decision.parameter_errors({"canary_decision": "maybe"})[0].startswith("parameter canary_decision:")
 
 
 def test_update_binary_needs_a_pinned_version(tmp_path):

@@ -23,6 +23,7 @@ ENTRY_SCHEMA = {
             "items": {"enum": list(TARGET_KINDS)},
         },
         "mutating": {"type": "boolean"},
+        "leases": {"type": "boolean"},
         "timeout": {"type": "integer", "minimum": 1},
         "parameters": {
             "type": "object",
@@ -46,6 +47,8 @@ class Action:
     mutating: bool
     timeout: int
     parameters: dict
+    # False: a run takes no per-instance lease (it only hands something to another run, e.g. canary_decision).
+    leases: bool = True
 
     def parameter_errors(self, params: dict) -> list[str]:
         """Every violation of the parameter schema, each naming the offending parameter."""
@@ -70,6 +73,7 @@ class Action:
             "playbook": self.playbook,
             "targets": list(self.targets),
             "mutating": self.mutating,
+            "leases": self.leases,
             "timeout": self.timeout,
             "parameters": self.parameters,
         }
@@ -100,6 +104,7 @@ class Catalog:
                 mutating=entry["mutating"],
                 timeout=entry["timeout"],
                 parameters=entry["parameters"],
+                leases=entry.get("leases", True),
             )
             if (project_dir / action.playbook).is_file():
                 actions[name] = action

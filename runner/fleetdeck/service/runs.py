@@ -66,6 +66,7 @@ def start(
     if errors:
         raise ApiError(422, "invalid_params", _clip("; ".join(errors), 500), errors=[_clip(e) for e in errors])
     check, wait = (_flag(request, name) for name in ("check", "wait"))
+    wait = wait and action.leases  # nothing to wait for without a lease
     target = request["target"]
     instances = _instances(svc, action, target)
     idempotency = None
@@ -85,7 +86,7 @@ def start(
         "created": time.time(),
     }
     try:
-        run_id, created = svc.store.create_run(run, take_leases=not wait, idempotency=idempotency)
+        run_id, created = svc.store.create_run(run, take_leases=action.leases and not wait, idempotency=idempotency)
     except IdempotencyConflict as conflict:
         raise _idempotency_conflict(idempotency_key, conflict.run_id) from None
     except LeaseConflict as conflict:

@@ -20,14 +20,15 @@ description:
   - "V(end): one per instance when the run ends: C(operator), C(source), C(playbook), C(action) (several actions
     joined with V(+)), C(instance), C(version_from), C(version_to), C(result) (V(ok), V(changed), V(failed),
     V(unreachable), V(skipped), or V(interrupted) when ansible-playbook stopped before its recap),
-    C(changed) (number of changed tasks), C(check_mode). A run with a V(start) line and no V(end) line never
-    ended (the controller was killed)."
+    C(changed) (number of changed tasks), C(check_mode), C(held) (the C(rollout_hold_reason) of an instance held on
+    its release by C(rollout_hold), else V(null); the summary shows it as V(held)). A run with a V(start) line
+    and no V(end) line never ended (the controller was killed)."
   - "V(analysis): written when a canary analysis (fleetdeck.lifecycle.canary_analysis) ends: C(instance),
     C(version) (the canary's release), C(baseline_version), C(decision), C(reason), C(baseline_instances) and
     C(intervals) (the numbers behind the decision)."
   - Versions are the instance's local fact C(ansible_local.app.current) (the release the app role recorded),
     C(version_from) when the lock was taken (else when the run ended), C(version_to) when the run ended;
-    V(null) when unknown. No other variable value is ever written.
+    V(null) when unknown. Besides versions, no variable value but C(rollout_hold_reason) is ever written.
   - The log is opened with O_APPEND, created with mode 0600, and locked with flock while lines are written,
     so concurrent runs never interleave within a line, and a run's V(end) lines stay together.
 requirements:
@@ -62,6 +63,7 @@ from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.run_identity i
 
 ACTION_VAR = "fleetdeck_audit_action"
 LOCK_ACTIONS = ("fleetdeck.lifecycle.instance_lock", "instance_lock")
+HOLD_VAR, HOLD_REASON_VAR = "rollout_hold", "rollout_hold_reason"
 ANALYSIS_ACTIONS = ("fleetdeck.lifecycle.canary_analysis", "canary_analysis")
 ANALYSIS_FIELDS = ("baseline_version", "decision", "reason", "baseline_instances", "intervals")
 
@@ -184,6 +186,24 @@ class CallbackModule(CallbackBase):
                           took_over=dict(dead, run=run_id(dead.get("controller"), dead.get("pid"),
                                                           dead.get("pid_started"))) if dead else None)])
 
+    def _host_var(self, entry, name):
+        """A variable of the host as the run knows it now (None when undefined or unreadable)."""
+        play = entry["play"]
+        variables = play.get_variable_manager().get_vars(play=play, host=entry["host"], include_hostvars=False)
+        if name not in variables:
+            return None
+        try:
+            return Templar(loader=play.get_loader(), variables=variables).template(variables[name])
+        except Exception as e:  # a broken template must not cost the audit line
+            self._display.warning(f"fleetdeck audit: cannot read {name} of {entry['host'].name}: {e}")
+            return None
+
+    def _held(self, entry):
+        """The reason an instance is held on its release (rollout_hold), or None when it is not held."""
+        if str(self._host_var(entry, HOLD_VAR)).lower() not in ("true", "yes", "1"):
+            return None
+        return _version(self._host_var(entry, HOLD_REASON_VAR)) or "no reason given"
+
     def _running_version(self, entry):
         """ansible_local.app.current of the host as the run knows it now."""
         play = entry["play"]
@@ -220,7 +240,8 @@ class CallbackModule(CallbackBase):
                 self._line("end"), **self._common(), action="+".join(entry["actions"]), instance=name,
                 version_from=entry["version_from"] or version_to, version_to=version_to,
                 result=_result(summary) if summary else "interrupted",
-                changed=summary["changed"] if summary else None, check_mode=self._check_mode()))
+                changed=summary["changed"] if summary else None, check_mode=self._check_mode(),
+                held=self._held(entry)))
         if not lines:  # no audited play reached a host: still say that the run ended
             lines.append(dict(self._line("end"), **self._common(), action=None, instance=None, version_from=None,
                               version_to=None, result="skipped", changed=0, check_mode=self._check_mode()))
@@ -229,7 +250,8 @@ class CallbackModule(CallbackBase):
 
     def _show_summary(self, records):
         """Which instance is on which version now: the answer an operator needs after a stopped rollout."""
-        rows = [(r["instance"], r["result"], r["version_from"] or "-", r["version_to"] or "-") for r in records]
+        rows = [(r["instance"], "held" if r["held"] else r["result"], r["version_from"] or "-",
+                 (r["version_to"] or "-") + (f" (held: {r['held']})" if r["held"] else "")) for r in records]
         rows += [(name, "not started", "-", "unchanged") for name in sorted(self._targeted - set(self._hosts))]
         self._display.banner(f"FLEETDECK SUMMARY ({self._playbook})")
         self._display.display(f"{'INSTANCE':<20} {'RESULT':<12} {'FROM':<12} NOW")
