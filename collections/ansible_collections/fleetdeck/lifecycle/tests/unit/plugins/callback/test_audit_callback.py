@@ -16,7 +16,7 @@ from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import cli_env, le
 
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 FIELDS = ["event", "run", "time", "operator", "source", "playbook", "action", "instance", "version_from",
-          "version_to", "result", "changed", "check_mode"]
+          "version_to", "result", "changed", "check_mode", "held"]
 
 UPGRADE = """
 - hosts: app
@@ -107,6 +107,18 @@ def test_one_line_per_host_with_all_fields(tmp_path):
     assert "hunter2" not in log.read_text()
     summary = proc.stdout.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
     assert "web2                 failed       1.1.0        1.2.0" in summary
+
+
+def test_held_instances_are_named_with_their_reason(tmp_path):
+    write_inventory(tmp_path, "web1", "web2 rollout_hold=true rollout_hold_reason='customer freeze'", "web3")
+    proc = run_playbook(tmp_path, UPGRADE.replace("when: inventory_hostname == 'web2'", "when: false"))
+    assert proc.returncode == 0, proc.stdout
+    lines = {line["instance"]: line for line in read_log(tmp_path / "state" / "fleetdeck" / "audit.log")}
+    assert {name: line["held"] for name, line in lines.items()} == {"web1": None, "web2": "customer freeze",
+                                                                     "web3": None}
+    summary = proc.stdout.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
+    assert "web2                 held         1.1.0        1.2.0 (held: customer freeze)" in summary
+    assert "web1                 changed      1.1.0        1.2.0\n" in summary
 
 
 def test_runs_append_and_record_check_mode_and_source(tmp_path):
