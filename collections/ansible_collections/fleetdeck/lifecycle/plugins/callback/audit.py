@@ -63,7 +63,8 @@ from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.run_identity i
 
 ACTION_VAR = "fleetdeck_audit_action"
 LOCK_ACTIONS = ("fleetdeck.lifecycle.instance_lock", "instance_lock")
-HOLD_VAR, HOLD_REASON_VAR = "rollout_hold", "rollout_hold_reason"
+HOLD_VAR = "rollout_hold"
+HOLD_REASON_VAR = "rollout_hold_reason"
 ANALYSIS_ACTIONS = ("fleetdeck.lifecycle.canary_analysis", "canary_analysis")
 ANALYSIS_FIELDS = ("baseline_version", "decision", "reason", "baseline_instances", "intervals")
 

@@ -53,7 +53,7 @@ options:
   latency_quantile: {description: Latency quantile judged., type: float, default: 0.95}
   max_latency: {description: Highest acceptable latency quantile of the canary in seconds., type: float, default: 1}
   latency_ratio: {description: Highest acceptable canary/baseline latency ratio., type: float, default: 2}
-  latency_floor: {description: Baseline latency assumed at least, in seconds., type: float, default: 0.05}
+  latency_floor: {description: 'Baseline latency assumed at least, in seconds.', type: float, default: 0.05}
   max_restarts: {description: Most restarts of the canary accepted., type: int, default: 0}
   failure_limit: {description: Failed intervals that fail the analysis (it stops there)., type: int, default: 2}
   min_passed: {description: Passed intervals needed to pass; fewer is inconclusive., type: int, default: 2}
@@ -81,12 +81,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-decision: {description: V(pass), V(fail) or V(inconclusive)., returned: success, type: str}
+decision: {description: 'V(pass), V(fail) or V(inconclusive).', returned: success, type: str}
 reason: {description: The decision in words., returned: success, type: str}
 baseline_version: {description: O(baseline_version)., returned: success, type: str}
 baseline_instances: {description: Instances compared with (last interval)., returned: success, type: list,
                      elements: str}
-report: {description: The decision and a row per interval, as shown to the operator., returned: success, type: list,
+report: {description: 'The decision and a row per interval, as shown to the operator.', returned: success, type: list,
          elements: str}
 intervals:
   description: Per interval C(result), C(reasons) and the C(canary) and C(baseline) numbers (requests, error_rate,
@@ -120,7 +120,7 @@ CONDITIONS = {
     "latency_floor": {"type": "float", "default": 0.05},
     "max_restarts": {"type": "int", "default": 0},
     "failure_limit": {"type": "int", "default": 2},
-    "min_passed": {"type": "int", "default": 2},
+    "min_passed": {"type": "int", "default": 2, "no_log": False},  # a count, not a password
 }
 
 

@@ -114,8 +114,8 @@ def test_held_instances_are_named_with_their_reason(tmp_path):
     proc = run_playbook(tmp_path, UPGRADE.replace("when: inventory_hostname == 'web2'", "when: false"))
     assert proc.returncode == 0, proc.stdout
     lines = {line["instance"]: line for line in read_log(tmp_path / "state" / "fleetdeck" / "audit.log")}
-    assert {name: line["held"] for name, line in lines.items()} == {"web1": None, "web2": "customer freeze",
-                                                                     "web3": None}
+    held = {name: line["held"] for name, line in lines.items()}
+    assert held == {"web1": None, "web2": "customer freeze", "web3": None}
     summary = proc.stdout.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
     assert "web2                 held         1.1.0        1.2.0 (held: customer freeze)" in summary
     assert "web1                 changed      1.1.0        1.2.0\n" in summary
