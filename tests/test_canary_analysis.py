@@ -33,6 +33,7 @@ ANALYSIS = ("-e", "rollout_soak_seconds=1", "-e", "rollout_soak_interval=1", "-e
             # Latency on this shared 2-core machine swings widely: judged loosely, errors strictly.
             "-e", "rollout_analysis_max_latency=10", "-e", "rollout_analysis_latency_ratio=20",
             "-e", "rollout_analysis_pause_timeout=30")
+OWED_FACT = "/etc/ansible/facts.d/fleetdeck_rollback_owed.fact"
 # A few API clients per instance, well over the 4 requests per 2 s at which refapp 1.3.0 starts failing.
 LOAD = """
 import sys, threading, time, urllib.request
@@ -169,22 +170,22 @@ def test_too_few_samples_pause_until_promoted(deployment):
 
 def test_a_canary_cut_off_mid_soak_is_rolled_back_by_the_next_run(deployment):
     owed = Path(deployment.env["FLEETDECK_AUDIT_LOG"]).parent / "rollback-owed" / "inst1.json"
+    before = versions(deployment)["inst1"]
     run = deployment.start("canary_upgrade.yml", "-e", "app_version=1.4.0", *ANALYSIS,
                            "-e", "rollout_soak_seconds=20")
     command = Path(f"/proc/{run.pid}/cmdline").read_bytes()
     deadline = time.monotonic() + 300
-    while not owed.exists():
+    while not (owed.exists() and deployment.on("inst1", f"test -e {OWED_FACT} && echo yes", check=False).strip()):
         assert time.monotonic() < deadline and run.poll() is None, "the canary never started its soak"
         time.sleep(0.5)
     run.send_signal(signal.SIGKILL)  # the controller dies mid-soak
     run.communicate(timeout=30)
-    assert json.loads(owed.read_text())["rollback_to"] == "1.1.0"
-    assert json.loads(deployment.on("inst1", "cat /etc/ansible/facts.d/fleetdeck_rollback_owed.fact"))[
-        "version"] == "1.4.0"
+    assert json.loads(owed.read_text())["rollback_to"] == before
+    assert json.loads(deployment.on("inst1", f"cat {OWED_FACT}"))["version"] == "1.4.0"
     assert deployment.health("inst1")["version"] == "1.4.0"
 
     smoke = deployment.playbook("smoke_check.yml", "--limit", "fleet")
-    assert "inst1: owes a rollback to 1.1.0 (its soak on 1.4.0 never ended)" in smoke.output, smoke.output
+    assert f"inst1: owes a rollback to {before} (its soak on 1.4.0 never ended)" in smoke.output, smoke.output
 
     deadline = time.monotonic() + 60
     while leftover_workers(command):  # the killed run's soak task ends, then its lock holder is provably dead
@@ -193,8 +194,8 @@ def test_a_canary_cut_off_mid_soak_is_rolled_back_by_the_next_run(deployment):
     rollback = deployment.playbook("rollback.yml", "--limit", "inst1")
     assert rollback.rc == 0, rollback.output
     assert "inst1: took over the lock of " in rollback.output
-    assert "inst1 owes a rollback to 1.1.0" in rollback.output
-    assert deployment.health("inst1")["version"] == "1.1.0"
+    assert f"inst1 owes a rollback to {before}" in rollback.output
+    assert deployment.health("inst1")["version"] == before
     assert not owed.exists()
     assert deployment.on("inst1", "ls /etc/ansible/facts.d/").split() == ["app.fact"]
     assert deployment.on("inst1", "test -e /var/lib/fleetdeck/lock.json || echo free").strip() == "free"
@@ -205,13 +206,13 @@ def test_a_canary_cut_off_mid_soak_is_rolled_back_by_the_next_run(deployment):
 def test_held_instances_are_never_touched(deployment):
     host_vars = deployment.inventory / "host_vars" / "inst2" / "main.yml"
     host_vars.write_text(host_vars.read_text() + 'rollout_hold: true\nrollout_hold_reason: "customer freeze"\n')
-    before = deployment.main_pid("inst2")
+    before, held = deployment.main_pid("inst2"), versions(deployment)["inst2"]
     result = deployment.playbook("upgrade.yml", "-e", "app_version=1.4.0", "-e", "upgrade_batches=[1, 1]",
                                  "-e", "app_health_retries=15")
     assert result.rc == 0, result.output
     summary = result.output.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
-    assert "inst2                held         1.1.0        1.1.0 (held: customer freeze)" in summary, summary
-    assert versions(deployment) == {"inst1": "1.4.0", "inst2": "1.1.0"}
+    assert f"inst2                held         {held:<12} {held} (held: customer freeze)" in summary, summary
+    assert versions(deployment) == {"inst1": "1.4.0", "inst2": held}
     assert deployment.main_pid("inst2") == before
     smoke = deployment.playbook("smoke_check.yml", "--limit", "fleet")
     assert "inst2: held on its release (customer freeze)" in smoke.output
