@@ -207,7 +207,7 @@ def test_held_instances_are_never_touched(deployment):
     host_vars = deployment.inventory / "host_vars" / "inst2" / "main.yml"
     host_vars.write_text(host_vars.read_text() + 'rollout_hold: true\nrollout_hold_reason: "customer freeze"\n')
     before, held = deployment.main_pid("inst2"), versions(deployment)["inst2"]
-    result = deployment.playbook("upgrade.yml", "-e", "app_version=1.4.0", "-e", "upgrade_batches=[1, 1]",
+    result = deployment.playbook("upgrade.yml", "-e", "app_version=1.4.0", "-e", '{"upgrade_batches": [1, 1]}',
                                  "-e", "app_health_retries=15")
     assert result.rc == 0, result.output
     summary = result.output.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
