@@ -32,7 +32,7 @@ class Deployment:
         dist = workdir / "dist"
         build(dist, None)
         env = {**fleet.ansible_env(), "FLEETDECK_VAULT_PASSWORD_FILE": str(workdir / "vault-pass"),
-               "FLEETDECK_AUDIT_LOG": str(workdir / "audit.log")}
+               "FLEETDECK_AUDIT_LOG": str(workdir / "audit.log"), "FLEETDECK_BACKUP_STORE": str(workdir / "store")}
         deployment = cls(fleet, workdir / "inventory" / "test", dist, env)
         deployment.script("bootstrap-vault", "-i", str(deployment.inventory))
         for index, host in enumerate(fleet.hosts[:instances]):

@@ -23,7 +23,6 @@ TOKEN = "set -a; . /opt/refapp/shared/config/secrets.env; set +a; "
 def deployment(fleet, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("backup")
     deployment = Deployment.create(fleet, workdir, instances=INSTANCES)
-    deployment.env["FLEETDECK_BACKUP_STORE"] = str(workdir / "store")
     add_backup_server(deployment, fleet.hosts[INSTANCES])
     result = deployment.playbook("backup_server.yml")
     assert result.rc == 0, result.output
