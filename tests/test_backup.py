@@ -332,6 +332,24 @@ def test_offsite_failures_keep_the_local_backup_and_earlier_snapshots(deployment
     assert metrics(deployment, host, "refapp_backup_offsite")["refapp_backup_offsite_last_attempt_success"] == 1
 
 
+def test_restore_drill_proves_the_latest_backup_and_leaves_the_live_service_alone(deployment):
+    host = "inst3"
+    pid, before = deployment.main_pid(host), content(deployment, host)
+    latest = backups_on(deployment, host)[-1]
+    result = deployment.playbook("restore_drill.yml", "--limit", host)
+    assert result.rc == 0, result.output
+    assert f"restore drill of backup {latest} of {host} passed" in result.output
+    assert "the app answered /health ok" in result.output
+    drill = metrics(deployment, host, "refapp_restore_drill")
+    assert drill["refapp_restore_drill_last_attempt_success"] == 1
+    assert drill["refapp_restore_drill_last_success_timestamp_seconds"] > 0
+    assert deployment.main_pid(host) == pid and content(deployment, host) == before
+    leftovers = deployment.on(host, "ls -A /opt/refapp/shared; systemctl is-active refapp-restore-drill; "
+                                    "runuser -u postgres -- psql -Atc \"select datname from pg_database "
+                                    "where datname like 'refapp%'\"", check=False)
+    assert leftovers.split() == ["config", "data", "inactive", "refapp"], leftovers
+
+
 def test_restore_from_offsite_only_onto_a_new_host(deployment, tmp_path):
     """inst2's host and the controller's store are gone; a new host takes inst2's name and gets its data back."""
     assert deployment.playbook("backup.yml", "--limit", "inst2").rc == 0
