@@ -25,15 +25,17 @@ class Deployment:
     outputs: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, fleet: Fleet, workdir: Path, canary: int = 0, tier2: tuple[int, ...] = ()) -> Deployment:
-        """Build the releases, bootstrap a vault password and add one instance per fleet host."""
+    def create(cls, fleet: Fleet, workdir: Path, canary: int = 0, tier2: tuple[int, ...] = (),
+               instances: int | None = None) -> Deployment:
+        """Build the releases, bootstrap a vault password and add one instance per fleet host (the first
+        `instances` hosts if given)."""
         dist = workdir / "dist"
         build(dist, None)
         env = {**fleet.ansible_env(), "FLEETDECK_VAULT_PASSWORD_FILE": str(workdir / "vault-pass"),
-               "FLEETDECK_AUDIT_LOG": str(workdir / "audit.log")}
+               "FLEETDECK_AUDIT_LOG": str(workdir / "audit.log"), "FLEETDECK_BACKUP_STORE": str(workdir / "store")}
         deployment = cls(fleet, workdir / "inventory" / "test", dist, env)
         deployment.script("bootstrap-vault", "-i", str(deployment.inventory))
-        for index, host in enumerate(fleet.hosts):
+        for index, host in enumerate(fleet.hosts[:instances]):
             name = f"inst{index + 1}"
             args = ["--tier", "2" if index in tier2 else "1"] + (["--canary"] if index < canary else [])
             deployment.script("add-instance", name, f"{name}.example.test", host.address, *args,

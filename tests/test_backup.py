@@ -1,15 +1,19 @@
-"""backup.yml and restore.yml on real hosts: archives, manifests, metrics, retention, restore after data
-loss, restore onto a fresh host, a damaged backup refused, a full disk failing cleanly."""
+"""backup.yml, restore.yml and the backup timer on real hosts: archives, manifests, metrics, retention, restore
+after data loss, restore onto a fresh host, a damaged backup refused, a full disk failing cleanly; off-site
+copies with restic to a backup server (isolation, retention, an unreachable server, a wrong password, a full
+disk there) and a restore from off-site only onto a new host."""
 
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.deployment import Deployment
 
-FLEET_SIZE = 4  # inst4: a freshly deployed, empty instance for the disaster-recovery test
+FLEET_SIZE = 5  # inst4: a freshly deployed, empty instance for the disaster-recovery test; host 5: backup server
+INSTANCES = 4
 FIRST = ("inst1", "inst2", "inst3")
 ID_OLD = ("20200101T000000Z", "20200102T000000Z")  # planted to be pruned by retention
 TOKEN = "set -a; . /opt/refapp/shared/config/secrets.env; set +a; "
@@ -18,8 +22,10 @@ TOKEN = "set -a; . /opt/refapp/shared/config/secrets.env; set +a; "
 @pytest.fixture(scope="module")
 def deployment(fleet, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("backup")
-    deployment = Deployment.create(fleet, workdir)
-    deployment.env["FLEETDECK_BACKUP_STORE"] = str(workdir / "store")
+    deployment = Deployment.create(fleet, workdir, instances=INSTANCES)
+    add_backup_server(deployment, fleet.hosts[INSTANCES])
+    result = deployment.playbook("backup_server.yml")
+    assert result.rc == 0, result.output
     # All four at once (deploying inst4 later costs minutes); the OS baseline (common) is test_deploy's.
     result = deployment.playbook("deploy.yml", "--skip-tags", "common")
     assert result.rc == 0, result.output
@@ -27,6 +33,22 @@ def deployment(fleet, tmp_path_factory):
         for name in ("alpha", "beta", f"only-{instance}"):
             post(deployment, instance, name)
     return deployment
+
+
+def add_backup_server(deployment, host):
+    """The fleet's last host as the environment's backup server; every instance copies its backups there."""
+    hosts_file = deployment.inventory / "hosts.yml"
+    tree = yaml.safe_load(hosts_file.read_text())
+    tree["all"]["children"]["backup_servers"] = {"hosts": {"backup1": {"ansible_host": host.address}}}
+    hosts_file.write_text(yaml.safe_dump(tree, sort_keys=False))
+    pinned = [line for line in deployment.fleet.known_hosts.read_text().splitlines()
+              if line.startswith(host.address + " ")]
+    with (deployment.inventory / "known_hosts").open("a") as known_hosts:
+        known_hosts.write("\n".join(pinned) + "\n")
+    (deployment.inventory / "group_vars" / "all" / "backup.yml").write_text(yaml.safe_dump({
+        "backup_offsite_enabled": True, "backup_offsite_server": "backup1", "backup_offsite_connect_timeout": 3,
+        "backup_offsite_forget_args": ["--keep-last", "3"]}))
+    deployment.instances["backup1"] = host.address
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +209,174 @@ def test_full_disk_fails_clearly_and_keeps_earlier_backups(deployment):
     assert listing == earlier and after == sums
     assert deployment.on(host, "cat /var/lib/prometheus/node-exporter/refapp_backup.prom") == metrics
     assert deployment.health(host)["status"] == "ok"
+
+
+SCRIPT = "/usr/local/sbin/refapp-backup"
+REPOS = "/srv/fleetdeck-backups"
+SFTP = ("sftp -b - -i /etc/refapp-backup/id_ed25519 -o UserKnownHostsFile=/etc/refapp-backup/known_hosts "
+        "-o BatchMode=yes -o ConnectTimeout=3")
+
+
+def metrics(deployment, instance, name="refapp_backup") -> dict[str, float]:
+    text = deployment.on(instance, f"cat /var/lib/prometheus/node-exporter/{name}.prom")
+    pairs = (line.split() for line in text.splitlines() if not line.startswith("#"))
+    return {key: float(value) for key, value in pairs}
+
+
+def snapshots(deployment, instance) -> list[str]:
+    """The snapshot files of the instance's repository, as the backup server sees them."""
+    return deployment.on("backup1", f"ls {REPOS}/backup-{instance}/repository/snapshots").split()
+
+
+def test_offsite_copies_go_to_each_instances_own_encrypted_repository(deployment):
+    server = deployment.instances["backup1"]
+    for instance in FIRST:
+        assert len(snapshots(deployment, instance)) >= 1
+        offsite = metrics(deployment, instance, "refapp_backup_offsite")
+        assert offsite["refapp_backup_offsite_last_attempt_success"] == 1
+        assert offsite["refapp_backup_offsite_last_success_timestamp_seconds"] >= \
+            metrics(deployment, instance)["refapp_backup_last_success_timestamp_seconds"]
+    # Encrypted: the rows' names appear nowhere in the repositories' files.
+    assert deployment.on("backup1", f"grep -rl only-inst1 {REPOS} | wc -l").strip() == "0"
+    # inst1's key opens inst1's chroot (only its repository in it), never inst2's account or a shell.
+    listing = deployment.on("inst1", f"echo 'ls -a /' | {SFTP} backup-inst1@{server}")
+    assert "repository" in listing and "backup-inst2" not in listing
+    escape = deployment.on("inst1", f"echo 'ls /../backup-inst2/repository' | {SFTP} backup-inst1@{server} 2>&1",
+                           check=False)
+    assert "not found" in escape.lower() or "no such file" in escape.lower(), escape
+    foreign = deployment.on("inst1", f"echo 'ls /' | {SFTP} backup-inst2@{server} 2>&1; echo rc=$?", check=False)
+    assert "Permission denied" in foreign and "rc=0" not in foreign, foreign
+    shell = deployment.on("inst1", "ssh -i /etc/refapp-backup/id_ed25519 -o BatchMode=yes -o UserKnownHostsFile="
+                                   f"/etc/refapp-backup/known_hosts backup-inst1@{server} id 2>&1; echo rc=$?",
+                          check=False)
+    assert "uid=" not in shell and "rc=0" not in shell, shell
+    # Retention (forget --keep-last 3 --prune) after more copies made by the same script the timer runs.
+    for _ in range(3):
+        deployment.on("inst1", f"BACKUP_KEEP=7 {SCRIPT} run >/dev/null")
+    assert len(snapshots(deployment, "inst1")) == 3
+    assert deployment.on("inst1", f"BACKUP_KEEP=7 {SCRIPT} check 2>&1 | tail -1").strip() == "no errors were found"
+    assert metrics(deployment, "inst1", "refapp_backup_check")["refapp_backup_offsite_check_last_attempt_success"] == 1
+
+
+def test_timer_runs_the_backup_on_the_inventory_schedule(deployment):
+    host = "inst3"
+    before = backups_on(deployment, host)
+    started = float(deployment.on(host, "date +%s"))
+    result = deployment.playbook("deploy.yml", "--tags", "backup", "--limit", host,
+                                 "-e", "backup_schedule=*:*:0/10", "-e", "backup_schedule_randomized_delay=0")
+    assert result.rc == 0, result.output
+    # Wait for the timer's run to finish (the oneshot service back to inactive after a new backup).
+    deployment.on(host, "for i in $(seq 60); do n=$(journalctl -u refapp-backup.service -o cat | grep -c "
+                        "'copied off-site to'); [ \"$n\" -ge 1 ] && break; sleep 1; done")
+    journal = deployment.on(host, "journalctl -u refapp-backup.service -o cat")
+    new = [b for b in backups_on(deployment, host) if b not in before]
+    assert new and f"backup {new[0]} of {host}: /var/backups/refapp/{new[0]}" in journal, journal
+    assert f"backup {new[0]} of {host} copied off-site" in journal
+    assert metrics(deployment, host)["refapp_backup_last_success_timestamp_seconds"] >= started
+    assert metrics(deployment, host, "refapp_backup_offsite")["refapp_backup_offsite_last_success_timestamp_seconds"] \
+        >= started
+    # Back to the inventory's default: daily, with a randomized delay.
+    result = deployment.playbook("deploy.yml", "--tags", "backup", "--limit", host)
+    assert result.rc == 0, result.output
+    timer = deployment.on(host, "systemctl show refapp-backup.timer -p TimersCalendar -p RandomizedDelayUSec "
+                                "-p ActiveState -p UnitFileState")
+    assert "OnCalendar=*-*-* 00:00:00" in timer and "RandomizedDelayUSec=1h" in timer
+    assert "ActiveState=active" in timer and "UnitFileState=enabled" in timer
+    again = deployment.playbook("deploy.yml", "--tags", "backup", "--limit", host)
+    assert again.rc == 0 and again.changed()[host] == 0, again.output
+
+
+def test_offsite_failures_keep_the_local_backup_and_earlier_snapshots(deployment):
+    host = "inst1"
+    server = next(h for h in deployment.fleet.hosts if h.address == deployment.instances["backup1"])
+    kept = snapshots(deployment, host)
+    offsite_before = metrics(deployment, host, "refapp_backup_offsite")
+    local_before = backups_on(deployment, host)
+
+    with deployment.fleet.unreachable(server):
+        down = deployment.playbook("backup.yml", "--limit", host)
+    assert down.rc != 0
+    assert f"of {host} is complete on the instance and in the store, but its off-site copy FAILED" in down.output
+    assert [b for b in backups_on(deployment, host) if b not in local_before]  # the local backup was made
+    offsite = metrics(deployment, host, "refapp_backup_offsite")
+    assert offsite["refapp_backup_offsite_last_attempt_success"] == 0  # alerted (FleetdeckBackupOffsiteFailing)
+    assert offsite["refapp_backup_offsite_last_success_timestamp_seconds"] == \
+        offsite_before["refapp_backup_offsite_last_success_timestamp_seconds"]
+    assert snapshots(deployment, host) == kept  # nothing deleted
+
+    wrong = deployment.playbook("backup.yml", "--limit", host, "-e", "backup_offsite_password=" + "w" * 32)
+    assert wrong.rc != 0
+    assert "does not accept this instance's password (vault_backup_offsite_password)" in wrong.output, wrong.output
+    assert "w" * 32 not in wrong.output
+    assert snapshots(deployment, host) == kept
+
+    # The backup server's disk fills up during the upload: the copy fails, the earlier snapshots stay readable.
+    repo = f"{REPOS}/backup-{host}/repository"
+    deployment.on("backup1", f"cp -a {repo} /tmp/repo && mount -t tmpfs -o size=1m,mode=0700,"
+                             f"uid=$(id -u backup-{host}) tmpfs {repo} && cp -a /tmp/repo/. {repo}/ && "
+                             f"(dd if=/dev/zero of={repo}/filler bs=4k count=$(( $(stat -f -c %a {repo}) - 32 ))"
+                             " 2>/dev/null; true)")
+    deployment.on(host, "head -c 2000000 /dev/urandom > /opt/refapp/shared/data/blob")
+    try:
+        result = deployment.playbook("backup.yml", "--limit", host)  # password back to the vault's
+        deployment.on("backup1", f"rm {repo}/filler")
+        check = deployment.on(host, f"BACKUP_KEEP=7 {SCRIPT} check 2>&1; echo rc=$?", check=False)
+        on_full = snapshots(deployment, host)
+    finally:
+        deployment.on("backup1", f"umount {repo}; rm -rf /tmp/repo", check=False)
+        deployment.on(host, "rm -f /opt/refapp/shared/data/blob")
+    assert result.rc != 0 and "off-site copy FAILED" in result.output
+    assert on_full == kept and "no errors were found" in check and "rc=0" in check, check
+    assert deployment.playbook("backup.yml", "--limit", host).rc == 0  # and copies work again
+    assert metrics(deployment, host, "refapp_backup_offsite")["refapp_backup_offsite_last_attempt_success"] == 1
+
+
+def test_restore_drill_proves_the_latest_backup_and_leaves_the_live_service_alone(deployment):
+    host = "inst3"
+    pid, before = deployment.main_pid(host), content(deployment, host)
+    latest = backups_on(deployment, host)[-1]
+    result = deployment.playbook("restore_drill.yml", "--limit", host)
+    assert result.rc == 0, result.output
+    assert f"restore drill of backup {latest} of {host} passed" in " ".join(result.output.split())
+    assert "the app answered /health ok" in " ".join(result.output.split())
+    drill = metrics(deployment, host, "refapp_restore_drill")
+    assert drill["refapp_restore_drill_last_attempt_success"] == 1
+    assert drill["refapp_restore_drill_last_success_timestamp_seconds"] > 0
+    assert deployment.main_pid(host) == pid and content(deployment, host) == before
+    leftovers = deployment.on(host, "ls -A /opt/refapp/shared; systemctl is-active refapp-restore-drill; "
+                                    "runuser -u postgres -- psql -Atc \"select datname from pg_database "
+                                    "where datname like 'refapp%'\"", check=False)
+    assert leftovers.split() == ["config", "data", "inactive", "refapp"], leftovers
+
+
+def test_restore_from_offsite_only_onto_a_new_host(deployment, tmp_path):
+    """inst2's host and the controller's store are gone; a new host takes inst2's name and gets its data back."""
+    assert deployment.playbook("backup.yml", "--limit", "inst2").rc == 0
+    source = content(deployment, "inst2")
+    old, new = deployment.instances["inst2"], deployment.instances["inst4"]
+    main_yml = deployment.inventory / "host_vars" / "inst2" / "main.yml"
+    original = main_yml.read_text()
+    old_host = next(h for h in deployment.fleet.hosts if h.address == old)
+    no_store = {"FLEETDECK_BACKUP_STORE": str(tmp_path / "empty-store")}
+    try:
+        main_yml.write_text(original.replace(f'ansible_host: "{old}"', f'ansible_host: "{new}"'))
+        assert f'"{new}"' in main_yml.read_text()
+        deployment.instances["inst2"] = new
+        with deployment.fleet.unreachable(old_host):
+            deployed = deployment.playbook("deploy.yml", "--skip-tags", "common", "--limit", "inst2", env=no_store)
+            assert deployed.rc == 0, deployed.output
+            restored = deployment.playbook("restore.yml", "--limit", "inst2", "-e", "backup_source=offsite",
+                                           env=no_store)
+        assert restored.rc == 0, restored.output
+        assert not (tmp_path / "empty-store").exists()
+        assert content(deployment, "inst2") == source
+        health = deployment.health("inst2")
+        assert health["status"] == "ok" and health["instance"] == "inst2"
+        post(deployment, "inst2", "on-the-replacement")
+        assert deployment.on("inst2", "ls -A /var/backups/refapp | grep -c restore || true").strip() == "0"
+    finally:
+        main_yml.write_text(original)
+        deployment.instances["inst2"] = old
+    refused = deployment.playbook("restore.yml", "--limit", "inst4", "-e", "backup_source=offsite",
+                                  "-e", "backup_restore_from=inst1")
+    assert refused.rc != 0 and "whose repository this one cannot read" in refused.output

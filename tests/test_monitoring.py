@@ -201,6 +201,8 @@ def test_promtool_checks_the_alert_rules():
     groups = yaml.safe_load(rules.read_text())["groups"]
     alerts = {r["alert"]: r for g in groups for r in g["rules"]}
     assert set(alerts) == {"FleetdeckInstanceDown", "FleetdeckHighErrorRate", "FleetdeckBackupStale",
+                           "FleetdeckBackupOffsiteFailing", "FleetdeckBackupOffsiteStale",
+                           "FleetdeckRestoreDrillFailing", "FleetdeckRestoreDrillStale",
                            "FleetdeckDiskSpaceLow", "FleetdeckMemoryHigh", "FleetdeckCertificateExpiring",
                            "FleetdeckUnexpectedVersion"}
     for name, rule in alerts.items():
@@ -214,7 +216,7 @@ def test_promtool_unit_tests_of_the_alert_rules():
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tested = {t["alertname"] for case in yaml.safe_load(tests.read_text())["tests"] for t in case["alert_rule_test"]}
-    assert len(tested) == 7
+    assert len(tested) == 11
 
 
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",

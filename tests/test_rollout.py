@@ -113,11 +113,24 @@ def test_failing_canary_is_rolled_back_and_alerts(deployment, alerts):
     assert ALERT_SECRET not in result.output
 
 
-def test_rollback_returns_to_the_previous_release_and_stays(deployment):
-    result = deployment.playbook("rollback.yml", "--limit", "inst2")
+def test_rollback_across_the_migration_needs_the_paired_backup_and_stays(deployment):
+    """inst2's upgrade to 1.1.0 migrated the schema after a backup: a bare rollback to 1.0.0 is refused, one that
+    restores that backup brings back the data from before the migration and reports the rows written since."""
+    deployment.api("inst2", "POST", "/items", '{"name": "written after the upgrade"}')
+    pid = deployment.main_pid("inst2")
+    refused = deployment.playbook("rollback.yml", "--limit", "inst2")
+    assert refused.rc != 0 and refused.changed() == {"inst2": 0}
+    assert "inst2: rolling back from 1.1.0 to 1.0.0 crosses the schema migration" in refused.output
+    assert "1.1.0 ships no down-migration" in refused.output and "Nothing was changed" in refused.output
+    assert deployment.main_pid("inst2") == pid and deployment.health("inst2")["version"] == "1.1.0"
+
+    result = deployment.playbook("rollback.yml", "--limit", "inst2", "-e", "rollback_restore_data=true")
     assert result.rc == 0, result.output
+    assert "discards the rows written since: items +1 (" in " ".join(result.output.split())
     health = deployment.health("inst2")
-    assert (health["status"], health["version"]) == ("ok", "1.0.0")
+    assert (health["status"], health["version"], health["schema"]) == ("ok", "1.0.0", 1)
+    names = deployment.on("inst2", "runuser -u postgres -- psql -d refapp -Atc 'select name from items'").split("\n")
+    assert "Kept Through Upgrades" in names and "written after the upgrade" not in names
     again = deployment.playbook("rollback.yml", "--limit", "inst2")
     assert again.rc == 0 and again.changed() == {"inst2": 0}, again.output
     assert deployment.health("inst2")["version"] == "1.0.0"

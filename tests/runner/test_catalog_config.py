@@ -21,6 +21,7 @@ ISSUE_ACTIONS = {
     "rollback",
     "backup",
     "restore",
+    "restore_drill",
     "rotate_secrets",
     "restart_service",
     "install_dependencies",
