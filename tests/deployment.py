@@ -51,6 +51,14 @@ class Deployment:
         assert result.rc == 0, result.output
         return deployment
 
+    def add_central(self, address: str, fleet: Fleet) -> None:
+        """Put the fleet host at ADDRESS in the inventory as central1 (group central), its host key pinned."""
+        (self.inventory / "central.yml").write_text(yaml.safe_dump(
+            {"all": {"children": {"central": {"hosts": {"central1": {"ansible_host": address}}}}}}))
+        host_key = next(line for line in fleet.known_hosts.read_text().splitlines() if line.startswith(f"{address} "))
+        with open(self.inventory / "known_hosts", "a") as known_hosts:
+            known_hosts.write(host_key + "\n")
+
     def script(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([str(REPO / "scripts" / name), *args], cwd=REPO, env={**os.environ, **self.env},
                               capture_output=True, text=True)

@@ -60,12 +60,7 @@ def deployment(fleet, tmp_path_factory):
     deployment = Deployment.create(instances, tmp_path_factory.mktemp("analysis"), canary=1, tier2=(0, 1))
     central = fleet.hosts[2]
     inventory = deployment.inventory
-    (inventory / "central.yml").write_text(yaml.safe_dump(
-        {"all": {"children": {"central": {"hosts": {"central1": {"ansible_host": central.address}}}}}}))
-    host_key = next(line for line in fleet.known_hosts.read_text().splitlines()
-                    if line.startswith(f"{central.address} "))
-    with open(inventory / "known_hosts", "a") as known_hosts:
-        known_hosts.write(host_key + "\n")
+    deployment.add_central(central.address, fleet)
     for name in deployment.instances:
         (inventory / "host_vars" / name / "monitoring.yml").write_text(
             yaml.safe_dump({"vault_monitoring_remote_write_token": f"test-token-{name}-0123456789abcdef"}))

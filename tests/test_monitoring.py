@@ -162,12 +162,7 @@ def mon(fleet, tmp_path_factory):
     monitoring = Monitoring(fleet, deployment)
     inventory = deployment.inventory
     central = monitoring.central
-    (inventory / "central.yml").write_text(yaml.safe_dump(
-        {"all": {"children": {"central": {"hosts": {"central1": {"ansible_host": central.address}}}}}}))
-    host_key = next(line for line in fleet.known_hosts.read_text().splitlines()
-                    if line.startswith(f"{central.address} "))
-    with open(inventory / "known_hosts", "a") as known_hosts:
-        known_hosts.write(host_key + "\n")
+    deployment.add_central(central.address, fleet)
     # The remote_write tokens: per instance, as vault_monitoring_remote_write_token (see docs/monitoring.md).
     for name, token in monitoring.tokens.items():
         (inventory / "host_vars" / name / "monitoring.yml").write_text(

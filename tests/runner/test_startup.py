@@ -58,7 +58,7 @@ RULES = [
     ("no-tokens", {"FLEETDECK_RUNNER_TOKENS": ""}, "no tokens"),
     ("tokens-json", {"FLEETDECK_RUNNER_TOKENS": "[{"}, "tokens: not JSON"),
     ("tokens-list", {"FLEETDECK_RUNNER_TOKENS": "[]"}, "need a non-empty JSON list"),
-    ("tokens-list", {"FLEETDECK_RUNNER_TOKENS": '{"name": "ci"}'}, "need a non-empty JSON list"),
+    ("tokens-list", {"FLEETDECK_RUNNER_TOKENS": '{"name": "ci"}'}, "tokens: need a JSON list"),
     ("token-name", tokens({"token": GOOD, "scopes": ["read"]}), "tokens[0]: needs a name"),
     (
         "token-name",

@@ -71,22 +71,35 @@ def check_secret(what: str, value: str, bearer: bool = False) -> str:
     return value
 
 
-def parse_tokens(raw: str) -> tuple[Token, ...]:
-    """JSON list of {name, scopes, sha256 | token}; a plaintext `token` is checked, only its hash is kept."""
+def _json_list(what: str, raw: str) -> list:
     try:
         entries = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"tokens: not JSON ({exc})") from None
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError("tokens: need a non-empty JSON list; the runner refuses to start without auth")
-    tokens, names, digests = [], set(), {}
+        raise ConfigError(f"{what}: not JSON ({exc})") from None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{what}: need a JSON list")
+    return entries
+
+
+def _named_entries(what: str, entries: list):
+    """(name, entry) of each object of the list, which must have a unique non-empty name."""
+    names = set()
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise ConfigError(f"tokens[{i}]: needs a name")
-        name = entry["name"]
-        if name in names:
-            raise ConfigError(f"tokens[{i}]: duplicate name {name!r}")
-        names.add(name)
+            raise ConfigError(f"{what}[{i}]: needs a name")
+        if entry["name"] in names:
+            raise ConfigError(f"{what}[{i}]: duplicate name {entry['name']!r}")
+        names.add(entry["name"])
+        yield entry["name"], entry
+
+
+def parse_tokens(raw: str) -> tuple[Token, ...]:
+    """JSON list of {name, scopes, sha256 | token}; a plaintext `token` is checked, only its hash is kept."""
+    entries = _json_list("tokens", raw)
+    if not entries:
+        raise ConfigError("tokens: need a non-empty JSON list; the runner refuses to start without auth")
+    tokens, digests = [], {}
+    for name, entry in _named_entries("tokens", entries):
         scopes = entry.get("scopes")
         if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
             raise ConfigError(f"token {name!r}: scopes must be a non-empty list of strings")
@@ -118,20 +131,8 @@ def parse_tokens(raw: str) -> tuple[Token, ...]:
 
 def parse_console_users(raw: str) -> tuple[ConsoleUser, ...]:
     """JSON list of {name, password_hash, scopes}: hashes from `fleetdeck-runner hash-password`."""
-    try:
-        entries = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"FLEETDECK_CONSOLE_USERS: not JSON ({exc})") from None
-    if not isinstance(entries, list):
-        raise ConfigError("FLEETDECK_CONSOLE_USERS: need a JSON list")
-    users, names = [], set()
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise ConfigError(f"FLEETDECK_CONSOLE_USERS[{i}]: needs a name")
-        name = entry["name"]
-        if name in names:
-            raise ConfigError(f"FLEETDECK_CONSOLE_USERS[{i}]: duplicate name {name!r}")
-        names.add(name)
+    users = []
+    for name, entry in _named_entries("FLEETDECK_CONSOLE_USERS", _json_list("FLEETDECK_CONSOLE_USERS", raw)):
         password_hash = entry.get("password_hash")
         if not isinstance(password_hash, str) or not password_hash.startswith(("scrypt:", "pbkdf2:")):
             raise ConfigError(f"console user {name!r}: password_hash must be a werkzeug scrypt or pbkdf2 hash "
