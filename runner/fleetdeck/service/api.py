@@ -158,7 +158,7 @@ def list_actions():
     )
 
 
-INSTANCE_FILTERS = ("state", "tier", "canary", "pinned_version")
+INSTANCE_FILTERS = ("state", "tier", "canary", "pinned_version", "running_version")
 
 
 @bp.get("/instances")

@@ -15,6 +15,7 @@ from .context import Service
 from .executor import Executor, kill_leftovers
 from .hub import HubNotifier
 from .metrics import Metrics
+from .probe import Probes
 from .store import Store
 from .streams import StreamSlots
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         password_file if password_file.is_file() else None,
         hub,
         StreamSlots(settings.max_streams_per_token),
+        Probes(settings.inventory),
     )
     errors.register(app)
 

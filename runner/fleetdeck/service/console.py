@@ -32,6 +32,17 @@ def helpers():
     return {"csrf_token": console_session.csrf_token, "may": _may, "user": g.get("user")}
 
 
+@bp.app_template_filter("age")
+def age(seconds: float | None) -> str:
+    """A duration for people: 40 s, 12 min, 5.5 h, 3 d."""
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}" if unit == "h" else f"{seconds // size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def _may(scope: str) -> bool:
     return g.get("user") is not None and allows(g.user, scope)
 
@@ -64,9 +75,17 @@ def fleet():
     svc = service()
     filters = {k: request.args[k] for k in FLEET_FILTERS if request.args.get(k)}
     instances = provisioning.listing(svc, filters)
-    versions = sorted({i["pinned_version"] or "?" for i in instances})
+    versions = sorted({v for i in instances for v in (i["running_version"], i["pinned_version"]) if v},
+                      key=_version_key)
     return render_template("console/fleet.html", instances=instances, filters=filters, versions=versions,
-                           canary=[i for i in instances if i["canary"]])
+                           canary=[i for i in instances if i["canary"]],
+                           rollouts=provisioning.rollouts(svc, instances))
+
+
+def _version_key(version: str) -> tuple:
+    """MAJOR.MINOR.PATCH numerically (validate.VERSION_PATTERN), pre-release and build text after."""
+    core, _, rest = version.partition("-")
+    return (*(int(p) if p.isdigit() else 0 for p in core.split("+")[0].split(".")), rest)
 
 
 @bp.get("/instances/<name>")

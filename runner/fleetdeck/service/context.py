@@ -12,6 +12,7 @@ from .config import Settings
 from .executor import Executor
 from .hub import HubNotifier
 from .metrics import Metrics
+from .probe import Probes
 from .store import Store
 from .streams import StreamSlots
 
@@ -26,6 +27,7 @@ class Service:
     password_file: Path | None
     hub: HubNotifier | None
     streams: StreamSlots
+    probes: Probes
 
 
 def service() -> Service:

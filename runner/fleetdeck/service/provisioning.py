@@ -4,9 +4,12 @@ every inventory change goes through fleetdeck.scaffold / fleetdeck.instance_edit
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from fleetdeck import age, hostkeys, instance_edit, inventory, scaffold, validate, vault
 from fleetdeck.errors import FleetdeckError, Refused
@@ -14,6 +17,7 @@ from fleetdeck.errors import FleetdeckError, Refused
 from . import runs
 from .context import Service
 from .errors import ApiError
+from .probe import Probe
 
 CREATE_FIELDS = {"name": str, "domain": str, "address": str, "tier": int, "canary": bool, "features": list,
                  "version": str, "port": int}
@@ -23,6 +27,7 @@ CHECKS = {"name": validate.instance_name, "domain": validate.domain, "address": 
           "hold_reason": instance_edit.hold_reason}
 CHANGE_FIELDS = {"tier": int, "canary": bool, "features": list, "hold": bool, "hold_reason": str}
 RECENT = 10
+ROLLOUTS = ("canary_upgrade", "upgrade", "update_binary")  # the actions that move instances to a new version
 _creating = threading.Lock()  # one creation at a time: the idempotency check and the write go together
 
 
@@ -83,27 +88,75 @@ def create(svc: Service, body: dict, operator: str, idempotency_key: str | None)
 
 def listing(svc: Service, filters: dict[str, str]) -> list[dict]:
     inv = runs.load_inventory(svc)
-    rows = [_row(svc, inv, name) for name in inv.hosts()]
+    probes = svc.probes.results(inv, inv.hosts())
+    rows = [_row(svc, inv, name, probes[name]) for name in inv.hosts()]
     for key, value in filters.items():
         rows = [r for r in rows if str(r[key]).lower() == value.lower()]
     return rows
 
 
 def instance(svc: Service, name: str) -> dict:
+    """The instance's row with its last probe as it is (a write answers without waiting for a probe)."""
+    return _row(svc, *_probed(svc, name, wait=False))
+
+
+def _probed(svc: Service, name: str, wait: bool) -> tuple[inventory.Inventory, str, Probe | None]:
     inv = runs.load_inventory(svc)
     if name not in inv.hosts():
         raise ApiError(404, "unknown_instance", f"no instance {name!r} in the inventory")
-    return _row(svc, inv, name)
+    return inv, name, svc.probes.results(inv, [name], wait=wait)[name]
 
 
 def detail(svc: Service, name: str) -> dict:
-    row = instance(svc, name)
+    inv, _, probe = _probed(svc, name, wait=True)
+    row = _row(svc, inv, name, probe)
     recent = svc.store.instance_runs(name, RECENT)
     releases = [{"version": r["params"].get("app_version"), "action": r["action"], "finished": r["finished"]}
                 for r in recent if r["status"] == "successful" and not r["check"]
                 and r["action"] in ("deploy", "upgrade", "update_binary", "rollback", "canary_upgrade")]
-    return {**row, "recent_runs": recent, "releases": releases, **_secret_ages(svc, name),
-            "audit": svc.store.audit_about("instance.", name, RECENT)}
+    return {**row, "recent_runs": recent, "releases": releases,
+            "release_history": list(reversed(probe.history[-RECENT:])) if probe else [],
+            **_backups(svc, name), **_secret_ages(svc, name), "audit": svc.store.audit_about("instance.", name, RECENT)}
+
+
+def rollouts(svc: Service, rows: list[dict]) -> list[dict]:
+    """Active rollout runs, each instance it covers with its canary membership and where it is: the probed
+    version against the run's target, and the run's result for it once there is one."""
+    active = [r for status in runs.ACTIVE for r in svc.store.list_runs({"status": status}, 50, None)
+              if r["action"] in ROLLOUTS]
+    by_name = {row["name"]: row for row in rows}
+    shown = []
+    for run in active:
+        target = run["params"].get("app_version")
+        hosts = run["hosts"] if isinstance(run["hosts"], dict) else {}
+        members = [by_name[n] for n in run["instances"] if n in by_name]
+        shown.append({"run": run, "version": target, "instances": [
+            {"name": m["name"], "canary": m["canary"], "state": m["state"], "running_version": m["running_version"],
+             "progress": hosts.get(m["name"], {}).get("result")
+             or ("on the target" if target and m["running_version"] == target else "not yet")}
+            for m in sorted(members, key=lambda m: not m["canary"])]})
+    return shown
+
+
+def backup_store(svc: Service) -> Path:
+    """The controller's backup store: backup_store_dir of roles/backup/defaults/main.yml as the role resolves it
+    in the runner's runs (the runner passes FLEETDECK_BACKUP_STORE on to them)."""
+    return Path(os.environ.get("FLEETDECK_BACKUP_STORE")
+                or Path.home() / ".local/share/fleetdeck/backups" / svc.settings.inventory.name)
+
+
+def _backups(svc: Service, name: str) -> dict:
+    """The instance's backups in the controller's store, newest first, from their manifests (never a value)."""
+    rows, error = [], None
+    for manifest in sorted((backup_store(svc) / name).glob("*/manifest.json"), reverse=True):
+        try:
+            data = json.loads(manifest.read_text())
+            rows.append({"id": data["id"], "app_version": data.get("app_version"),
+                         "finished_at": data.get("finished_at"),
+                         "size_bytes": sum(p.get("size", 0) for p in data.get("parts", {}).values())})
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            error = f"{manifest}: unreadable manifest ({exc})"
+    return {"backups": rows, "backups_error": error}
 
 
 def _secret_ages(svc: Service, name: str) -> dict:
@@ -119,7 +172,7 @@ def _secret_ages(svc: Service, name: str) -> dict:
                              "overdue": r.overdue} for r in rows], "secret_ages_error": None}
 
 
-def _row(svc: Service, inv: inventory.Inventory, name: str) -> dict:
+def _row(svc: Service, inv: inventory.Inventory, name: str, probe: Probe | None) -> dict:
     settings = inv.public_vars(name)
     groups = inv.groups()
     recent = svc.store.instance_runs(name, 50)
@@ -135,25 +188,34 @@ def _row(svc: Service, inv: inventory.Inventory, name: str) -> dict:
         "canary": name in groups.get(inventory.CANARY_GROUP, []),
         "features": settings.get("app_features", []),
         "pinned_version": settings.get("app_version"),
+        "running_version": probe.version if probe else None,
+        "health": probe.public(time.time()) if probe else None,
         "hold": {"held": held, "reason": settings.get("rollout_hold_reason")} if held else None,
         "groups": [g for g, hosts in groups.items() if name in hosts and g != "all"],
         "leased_by": svc.store.leases().get(name),
-        "state": _state(last, held),
+        "state": _state(last, held, probe, settings.get("app_version")),
         "last_run": {k: last[k] for k in ("id", "action", "status", "check", "finished")} if last else None,
         "last_backup_age_seconds": round(time.time() - backup["finished"]) if backup else None,
     }
 
 
-def _state(last: dict | None, held: bool) -> str:
-    """ok / warning / down / pending / held, from the instance's last run and its hold."""
+def _state(last: dict | None, held: bool, probe: Probe | None, pinned: str | None) -> str:
+    """held (on its release by rollout_hold); pending (a run is active, or nothing is known yet); down (SSH or
+    the app's health fails); warning (healthy, but its last run failed or it runs another version than the
+    pinned one); ok."""
     if held:
         return "held"
-    if last is None or last["status"] in runs.ACTIVE:
+    if (last is not None and last["status"] in runs.ACTIVE) or (probe is None and last is None):
         return "pending"
-    host = last["hosts"] if isinstance(last["hosts"], dict) else {}
+    if probe is not None:
+        if not probe.healthy:
+            return "down"
+        failed = last is not None and last["status"] != "successful"
+        return "warning" if failed or (pinned and probe.version != pinned) else "ok"
+    hosts = last["hosts"] if isinstance(last["hosts"], dict) else {}
     if last["status"] == "successful":
         return "ok"
-    if any(h.get("unreachable") for h in host.values()):
+    if any(h.get("unreachable") for h in hosts.values()):
         return "down"
     return "warning"
 
