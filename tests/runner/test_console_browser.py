@@ -1,8 +1,11 @@
-"""Provisioning on a real test host through the real runner (gunicorn), watched and driven in a real browser
-(Debian's chromium through chromium-driver and selenium): create an instance over the API (Idempotency-Key
-replayed), watch its deploy log live to the end, preview then apply a configure, hold it, decommission it
-(final backup, app stopped and disabled, out of the inventory, vault archived encrypted). Field errors and a
-form without its CSRF token are refused in the browser. Screenshots of each page go to docs/console/."""
+"""Provisioning on a real test host through the real runner (gunicorn), driven and watched in a real browser
+(Debian's chromium through chromium-driver and selenium): create an instance with the console's new-instance
+form (bad input first: field errors next to the fields, nothing written), watch its deploy log live to the end,
+see its probed health and running version on the fleet page, preview then apply a configure, upgrade it as the
+canary and watch the canary view and the version matrix, hold it, decommission it (final backup, app stopped and
+disabled, out of the inventory, vault archived encrypted); then create it again over the API with an
+Idempotency-Key (replayed, a different body refused). A form without its CSRF token is refused. Screenshots of
+each page go to docs/console/."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import pytest
 import yaml
 from fleetdeck import vault
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -25,7 +28,7 @@ from werkzeug.security import generate_password_hash
 
 from tests.playbook import REPO
 from tests.refapp.build import build
-from tests.runner.service import Server, free_port
+from tests.runner.service import Server, free_port, wait_until
 
 FLEET_SIZE = 1
 pytestmark = pytest.mark.fleet
@@ -87,17 +90,6 @@ def browser():
     driver.quit()
 
 
-@pytest.fixture(scope="module")
-def created(server, fleet):
-    """web1 created over the API on the fleet's host; its deploy run is still going."""
-    body = {"name": NAME, "domain": "web1.example.test", "address": fleet.hosts[0].address,
-            "features": ["beta"]}
-    key = {"Idempotency-Key": "create-web1"}
-    status, answer = server.call("POST", "/v1/instances", body, headers=key)
-    assert status == 202, answer
-    return answer
-
-
 def shot(browser, name: str) -> None:
     SHOTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(SHOTS / f"{name}.png"))
@@ -116,31 +108,60 @@ def confirm(browser, expected: str) -> None:
     alert.accept()
 
 
-def test_create_is_idempotent_and_pins_the_host_key(server, created, fleet):
-    again = server.call("POST", "/v1/instances", {"name": NAME, "domain": "web1.example.test",
-                                                  "address": fleet.hosts[0].address, "features": ["beta"]},
-                        headers={"Idempotency-Key": "create-web1"})
-    assert again[0] == 200 and again[1]["run"]["id"] == created["run"]["id"], again
-    other = server.call("POST", "/v1/instances", {"name": "web2", "domain": "web2.example.test",
-                                                  "address": fleet.hosts[0].address},
-                        headers={"Idempotency-Key": "create-web1"})
-    assert other[0] == 409 and other[1]["error"]["code"] == "idempotency_conflict"
-    inventory = server.env.inventory
-    assert fleet.hosts[0].address in (inventory / "known_hosts").read_text()
-    vault_file = inventory / "host_vars" / NAME / "vault.yml"
-    assert vault_file.read_bytes().startswith(b"$ANSIBLE_VAULT;")
-    assert created["instance"]["features"] == ["beta"] and created["run"]["action"] == "deploy"
+def fill(browser, **fields: str) -> None:
+    for field, value in fields.items():
+        box = browser.find_element(By.ID, f"field-{field}")
+        box.clear()
+        box.send_keys(value)
 
 
-def test_sign_in_and_watch_the_deploy_log_live(server, created, browser, fleet):
+def eventually(browser, predicate, timeout: float = 60) -> None:
+    """Reload the page until `predicate` holds (a probe the page did not wait for shows on a later load)."""
+    def holds(b) -> bool:
+        try:
+            if predicate(b):
+                return True
+        except (NoSuchElementException, StaleElementReferenceException):
+            pass
+        b.refresh()
+        return False
+
+    WebDriverWait(browser, timeout, poll_frequency=2).until(holds)
+
+
+def row(browser, table: str, name: str):
+    return browser.find_element(By.CSS_SELECTOR, f'#{table} tr[data-instance="{name}"]')
+
+
+def test_create_through_the_form_and_watch_the_deploy_live(server, browser, fleet):
     browser.get(f"{server.base}/ui/")
     assert "/ui/sign-in" in browser.current_url
     shot(browser, "sign-in")
     browser.find_element(By.ID, "name").send_keys("ops")
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "sign-in").click()
-    assert browser.find_element(By.CSS_SELECTOR, f'tr[data-instance="{NAME}"]')
-    browser.get(f"{server.base}/ui/runs/{created['run']['id']}")
+    assert "No instances" in browser.find_element(By.ID, "fleet").text
+
+    hosts = (server.env.inventory / "hosts.yml").read_text()
+    browser.find_element(By.ID, "new-instance").click()
+    fill(browser, name="Web 1", domain="nodot", address="10.0.0.999")
+    browser.find_element(By.ID, "create").click()
+    for field, words in (("name", "lowercase letter"), ("domain", "single label"),
+                         ("address", "neither an IPv4/IPv6")):
+        error = browser.find_element(By.ID, f"error-{field}")
+        assert words in error.text, error.text
+        # next to its field: the element right before the message is the field's own label
+        label = error.find_element(By.XPATH, "preceding-sibling::*[1]")
+        assert label.find_element(By.ID, f"field-{field}")
+    assert browser.find_element(By.ID, "field-domain").get_attribute("value") == "nodot"
+    shot(browser, "new-instance")
+    assert (server.env.inventory / "hosts.yml").read_text() == hosts
+
+    fill(browser, name=NAME, domain="web1.example.test", address=fleet.hosts[0].address, features="beta")
+    browser.find_element(By.ID, "field-canary").click()
+    browser.find_element(By.ID, "create").click()
+    WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: b.find_element(By.TAG_NAME, "h1").text.startswith(f"deploy on {NAME}"))  # the run page
     WebDriverWait(browser, 120).until(lambda b: "TASK [" in b.find_element(By.ID, "log").text)
     assert browser.find_element(By.ID, "status").text in ("queued", "running")  # it is live, not a replay
     shot(browser, "run-live")
@@ -149,10 +170,27 @@ def test_sign_in_and_watch_the_deploy_log_live(server, created, browser, fleet):
         lambda b: NAME in b.find_element(By.ID, "hosts").text)
     assert "PLAY RECAP" in browser.find_element(By.ID, "log").text
     shot(browser, "run")
+
+    [deploy] = server.call("GET", "/v1/runs?action=deploy")[1]["runs"]
+    assert (deploy["operator"], deploy["source"], deploy["target"]) == ("console:ops", "console", NAME)
+    inventory = server.env.inventory
+    assert fleet.hosts[0].address in (inventory / "known_hosts").read_text()
+    assert (inventory / "host_vars" / NAME / "vault.yml").read_bytes().startswith(b"$ANSIBLE_VAULT;")
+    shown = server.call("GET", f"/v1/instances/{NAME}")[1]
+    assert shown["features"] == ["beta"] and shown["canary"] is True, shown
     health = json.loads(fleet.ssh(fleet.hosts[0], "curl -s http://127.0.0.1:8080/health").stdout)
     assert health["version"] == "1.0.0"
-    browser.get(f"{server.base}/ui/")
-    assert "ok" in browser.find_element(By.CSS_SELECTOR, f'tr[data-instance="{NAME}"]').text
+
+    browser.get(f"{server.base}/ui/")  # the deploy's end dropped the stale probe: this page probes afresh
+    eventually(browser, lambda b: row(b, "fleet", NAME).find_element(By.CSS_SELECTOR, ".health .badge").text
+               == "healthy")
+    fleet_row = row(browser, "fleet", NAME)
+    assert fleet_row.find_element(By.CSS_SELECTOR, ".badge").text == "ok"
+    assert fleet_row.find_element(By.CSS_SELECTOR, ".running").text == "1.0.0"
+    assert " ago" in fleet_row.find_element(By.CSS_SELECTOR, ".health").text
+    assert row(browser, "versions", NAME).text == f"{NAME} ●○"
+    listed = server.call("GET", "/v1/instances?running_version=1.0.0")[1]["instances"]
+    assert [(i["name"], i["health"]["healthy"], i["health"]["version"]) for i in listed] == [(NAME, True, "1.0.0")]
     shot(browser, "fleet")
 
 
@@ -160,7 +198,8 @@ def test_preview_then_configure(server, browser):
     browser.get(f"{server.base}/ui/instances/{NAME}")
     ages = browser.find_element(By.ID, "secret-ages").text
     assert "app_api_token" in ages and "unknown" not in ages and "OVERDUE" not in ages, ages  # rotated at creation
-    shot(browser, "instance")
+    eventually(browser, lambda b: b.find_element(By.CSS_SELECTOR, "#health .badge").text == "healthy")
+    assert "1.0.0" in browser.find_element(By.ID, "release-history").text
     browser.find_element(By.CSS_SELECTOR, "#action option[value=configure]").click()
     browser.find_element(By.ID, "preview").click()  # a preview asks nothing: it changes nothing
     assert "(preview)" in browser.find_element(By.TAG_NAME, "h1").text
@@ -174,20 +213,38 @@ def test_preview_then_configure(server, browser):
     assert [r["check"] for r in runs] == [False, True] and all(r["operator"] == "console:ops" for r in runs)
 
 
-def test_bad_input_gets_field_errors_and_a_missing_csrf_token_is_refused(server, browser):
-    before = (server.env.inventory / "hosts.yml").read_text()
-    browser.get(f"{server.base}/ui/new")
-    browser.find_element(By.ID, "field-name").send_keys("Web 3")
-    browser.find_element(By.ID, "field-domain").send_keys("nodot")
-    browser.find_element(By.ID, "field-address").send_keys("10.0.0.999")
-    browser.find_element(By.ID, "create").click()
-    assert "lowercase letter" in browser.find_element(By.ID, "error-name").text
-    assert "single label" in browser.find_element(By.ID, "error-domain").text
-    assert "neither an IPv4/IPv6" in browser.find_element(By.ID, "error-address").text
-    assert browser.find_element(By.ID, "field-domain").get_attribute("value") == "nodot"
-    shot(browser, "new-instance")
-    assert (server.env.inventory / "hosts.yml").read_text() == before
+def test_canary_upgrade_shows_in_the_canary_view_and_the_version_matrix(server, browser):
+    browser.get(f"{server.base}/ui/instances/{NAME}")
+    browser.find_element(By.CSS_SELECTOR, "#action option[value=upgrade]").click()
+    browser.find_element(By.ID, "app_version").send_keys("1.1.0")
+    browser.find_element(By.ID, "run").click()
+    confirm(browser, "1 instance")
+    run_page = WebDriverWait(browser, 60).until(lambda b: "/ui/runs/" in b.current_url and b.current_url)
+    browser.get(f"{server.base}/ui/")
+    rollout = browser.find_element(By.CSS_SELECTOR, ".rollout")
+    assert "upgrade to 1.1.0" in rollout.text
+    canary = rollout.find_element(By.CSS_SELECTOR, f'tr[data-instance="{NAME}"]').text
+    assert "canary" in canary and "pending" in canary, canary
+    shot(browser, "fleet-rollout")
+    browser.get(run_page)
+    assert finished_run(browser, 600) == "successful"
 
+    browser.get(f"{server.base}/ui/")
+    assert browser.find_element(By.ID, "no-rollout")
+    eventually(browser, lambda b: row(b, "fleet", NAME).find_element(By.CSS_SELECTOR, ".running").text == "1.1.0")
+    assert row(browser, "versions", NAME).text == f"{NAME} ●○"  # 1.0.0 left the matrix: no instance has it
+    browser.get(f"{server.base}/ui/instances/{NAME}")
+    [backup] = (server.env.backups / NAME).iterdir()  # the upgrade backed the instance up first
+    backups = browser.find_element(By.ID, "backups").text
+    assert backup.name in backups and "none in" not in backups, backups
+    assert "never" not in browser.find_element(By.ID, "last-backup").text
+    history = browser.find_element(By.ID, "release-history").text.splitlines()
+    assert history[1].startswith("1.1.0 1.0.0"), history
+    shot(browser, "instance")
+
+
+def test_a_missing_csrf_token_is_refused(server, browser):
+    before = (server.env.inventory / "hosts.yml").read_text()
     browser.get(f"{server.base}/ui/instances/{NAME}")
     browser.execute_script("document.querySelector('#settings input[name=csrf_token]').remove()")
     browser.find_element(By.ID, "hold-box").click()
@@ -224,3 +281,20 @@ def test_hold_then_decommission(server, browser, fleet):
     browser.get(f"{server.base}/ui/")
     assert "No instances" in browser.find_element(By.ID, "fleet").text
     assert os.path.getsize(server.log) > 0
+
+
+def test_create_over_the_api_honours_the_idempotency_key(server, fleet):
+    body = {"name": NAME, "domain": "web1.example.test", "address": fleet.hosts[0].address}
+    key = {"Idempotency-Key": "create-web1"}
+    status, created = server.call("POST", "/v1/instances", body, headers=key)
+    assert status == 202 and created["run"]["action"] == "deploy", created
+    try:
+        again = server.call("POST", "/v1/instances", body, headers=key)
+        assert again[0] == 200 and again[1]["run"]["id"] == created["run"]["id"], again
+        other = server.call("POST", "/v1/instances", {**body, "name": "web2"}, headers=key)
+        assert other[0] == 409 and other[1]["error"]["code"] == "idempotency_conflict", other
+        assert "web2" not in (server.env.inventory / "hosts.yml").read_text()
+    finally:  # the host is not deployed a second time: that was shown above through the console
+        server.call("POST", f"/v1/runs/{created['run']['id']}/cancel")
+        wait_until(lambda: server.call("GET", f"/v1/runs/{created['run']['id']}")[1]["status"] not in
+                   ("queued", "waiting", "running"), timeout=120)

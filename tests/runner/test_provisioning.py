@@ -8,10 +8,14 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
+from datetime import UTC, datetime
 
 import pytest
 import yaml
 from fleetdeck import instance_edit, vault
+from fleetdeck.errors import FleetdeckError
+from fleetdeck.service import probe, provisioning
 from fleetdeck.service.config import PACKAGE_DIR
 
 from tests.playbook import REPO
@@ -229,3 +233,67 @@ def test_detail_shows_secret_ages_never_values(client, env):
     # The test vaults record no rotation time: unknown age, so overdue.
     assert all(s["age_days"] is None and s["overdue"] for s in detail["secret_ages"])
     assert env.secrets["local-1"] not in json.dumps(detail)
+
+
+def test_the_health_url_is_resolved_as_the_app_role_does(tmp_path):
+    env = make_local_env(tmp_path)
+    shutil.copytree(REPO / "inventory" / "example" / "group_vars", env.inventory / "group_vars")
+    assert probe.health_url(env.inventory, {}) == "http://127.0.0.1:8080/health"
+    assert probe.health_url(env.inventory, {"app_port": 9001}) == "http://127.0.0.1:9001/health"
+    with pytest.raises(FleetdeckError, match="app_health_url"):
+        probe.health_url(env.inventory, {"app_health_url": "http://{{ nowhere }}/health"})
+
+
+@pytest.mark.parametrize(("last", "held", "probed", "state"), [
+    (None, True, None, "held"),
+    ({"status": "running"}, False, probe.Probe(0, reachable=True, healthy=True, version="1.0.0"), "pending"),
+    (None, False, None, "pending"),
+    ({"status": "successful"}, False, probe.Probe(0, reachable=False), "down"),
+    ({"status": "successful"}, False, probe.Probe(0, reachable=True, healthy=False), "down"),
+    ({"status": "failed"}, False, probe.Probe(0, reachable=True, healthy=True, version="1.0.0"), "warning"),
+    ({"status": "successful"}, False, probe.Probe(0, reachable=True, healthy=True, version="1.1.0"), "warning"),
+    (None, False, probe.Probe(0, reachable=True, healthy=True, version="1.0.0"), "ok"),
+    ({"status": "successful", "hosts": {}}, False, None, "ok"),
+    ({"status": "failed", "hosts": {"a": {"unreachable": 1}}}, False, None, "down"),
+])
+def test_the_state_comes_from_the_probe_the_last_run_and_the_hold(last, held, probed, state):
+    assert provisioning._state(last, held, probed, "1.0.0") == state
+
+
+def test_an_unreachable_instance_is_down_with_the_reason_and_the_age(tmp_path):
+    env = make_local_env(tmp_path)
+    main = env.inventory / "host_vars" / "local-1" / "main.yml"
+    main.write_text(main.read_text() + "ansible_host: 127.0.0.1\nansible_port: 1\n")
+    with in_process(env), app_for(env) as application:
+        client = application.test_client()
+        unpinned = client.get("/v1/instances/local-2", headers=env.auth("reader")).get_json()["health"]
+        assert "known_hosts does not exist" in unpinned["detail"], unpinned
+        (env.inventory / "known_hosts").write_text("")
+        shown = client.get("/v1/instances/local-1", headers=env.auth("reader")).get_json()
+        assert shown["state"] == "down" and shown["running_version"] is None, shown
+        assert not shown["health"]["reachable"] and "port 1" in shown["health"]["detail"], shown["health"]
+        first = shown["health"]["age_seconds"]
+        time.sleep(1.1)
+        again = client.get("/v1/instances?state=down", headers=env.auth("reader")).get_json()["instances"]
+        assert "local-1" in [i["name"] for i in again]
+        cached = next(i for i in again if i["name"] == "local-1")["health"]
+        assert cached["age_seconds"] > first, "a fresh result is served from the cache, older each time"
+
+
+def test_backups_are_listed_from_the_stores_manifests(client, env, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETDECK_BACKUP_STORE", str(tmp_path))
+    for backup_id, finished in (("20261130T010000Z", "2026-11-30T01:00:09Z"), ("20261201T010000Z", None)):
+        (tmp_path / "local-1" / backup_id).mkdir(parents=True)
+        (tmp_path / "local-1" / backup_id / "manifest.json").write_text(json.dumps({
+            "id": backup_id, "app_version": "1.0.0", "finished_at": finished, "database": "not shown",
+            "parts": {"database.dump": {"sha256": "0" * 64, "size": 10}, "data.tar.gz": {"sha256": "1" * 64,
+                                                                                          "size": 5}}}))
+    (tmp_path / "local-1" / "20261202T010000Z").mkdir()
+    (tmp_path / "local-1" / "20261202T010000Z" / "manifest.json").write_text("{torn")
+    detail = client.get("/v1/instances/local-1", headers=env.auth("reader")).get_json()
+    assert [b["id"] for b in detail["backups"]] == ["20261201T010000Z", "20261130T010000Z"]
+    assert detail["backups"][1] == {"id": "20261130T010000Z", "app_version": "1.0.0",
+                                    "finished_at": "2026-11-30T01:00:09Z", "size_bytes": 15}
+    assert "20261202T010000Z" in detail["backups_error"] and "not shown" not in json.dumps(detail)
+    finished = datetime(2026, 11, 30, 1, 0, 9, tzinfo=UTC).timestamp()  # the newest with a finish time
+    assert abs(detail["last_backup_age_seconds"] - (time.time() - finished)) < 5, detail["last_backup_age_seconds"]

@@ -24,6 +24,8 @@ import json
 import os
 import re
 import secrets
+import shlex
+import shutil
 import subprocess
 import threading
 import urllib.error
@@ -247,9 +249,43 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+# A stand-in for host 0's app on its health URL, answering healthy with a secret in the body (argv[1]).
+LEAKY_HEALTH = """
+import http.server, sys
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(sys.argv[1].encode())
+http.server.HTTPServer(("127.0.0.1", 8099), Health).serve_forever()
+"""
+
+
+def leaky_instance(env, fleet, store: Path) -> str:
+    """Host 0 as the status probe and the backups list see it, with a secret wherever a careless page would
+    show it: in its health answer, its release history and its backup manifest."""
+    host = fleet.hosts[0]
+    shutil.copy(fleet.known_hosts, env.inventory / "known_hosts")  # where the probe finds pinned host keys
+    main = env.inventory / "host_vars" / host.name / "main.yml"
+    main.write_text(main.read_text() + "app_health_url: http://127.0.0.1:8099/health\n")
+    secret = env.secrets[host.name]
+    answer = json.dumps({"status": "ok", "version": "1.0.0", "token": secret})
+    fleet.ssh(host, f"systemd-run --unit hunt-health python3 -c {shlex.quote(LEAKY_HEALTH)} {shlex.quote(answer)}")
+    facts = json.dumps({"current": "1.0.0", "history": [{"version": "1.0.0", "from": secret, "at": "now"}]})
+    fleet.ssh(host, f"mkdir -p /etc/ansible/facts.d && echo {shlex.quote(facts)} > /etc/ansible/facts.d/app.fact")
+    backup = store / host.name / "20260101T000000Z"
+    backup.mkdir(parents=True)
+    (backup / "manifest.json").write_text(json.dumps({
+        "id": backup.name, "instance": host.name, "app_version": "1.0.0", "finished_at": "2026-01-01T00:00:00Z",
+        "database": secret, "parts": {"data.tar.gz": {"sha256": secret, "size": 1}}}))
+    return host.name
+
+
 def test_no_secret_in_anything_the_runner_writes_or_serves(fleet, tmp_path):
     env = make_env(fleet, tmp_path)
     all_secrets = vault_secrets(env, fleet, tmp_path / "keys")
+    env.env["FLEETDECK_BACKUP_STORE"] = str(tmp_path / "store")
+    leaky = leaky_instance(env, fleet, tmp_path / "store")
     hub, hook_secret, hub_secret = Hub(), secrets.token_urlsafe(33), secrets.token_urlsafe(33)
     (tmp_path / "hook-secret").write_text(hook_secret)
     env.env |= {
@@ -328,8 +364,18 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(fleet, tmp_path):
         for path in ("/v1/runs?limit=500", "/v1/instances", "/v1/actions", "/metrics", "/readyz"):
             session.call("GET", path)
         session.call("GET", f"/v1/instances/{fleet.hosts[0].name}")
+        # The probe reached the app and masked what it answered; every probed field served, as JSON and pages.
+        probed = wait_until(lambda: (lambda i: i if all(r["health"] for r in i) else None)(
+            session.json("GET", "/v1/instances")["instances"]), timeout=60)
+        health = next(r["health"] for r in probed if r["name"] == leaky)
+        assert health["healthy"] and health["version"] == "1.0.0" and "token=********" in health["detail"], health
+        detail = session.json("GET", f"/v1/instances/{leaky}")
+        assert detail["release_history"][0]["from"] == "********", detail["release_history"]
+        assert [b["id"] for b in detail["backups"]] == ["20260101T000000Z"], detail["backups"]
         # Every console page and form, signed in.
         session.sign_in("ops", console_password)
+        assert b"20260101T000000Z" in session.page(f"/ui/instances/{leaky}")
+        assert b"token=********" in session.page("/ui/")  # the health cell's title
         for host in fleet.hosts:
             session.page(f"/ui/instances/{host.name}")
         for run_id in runs:

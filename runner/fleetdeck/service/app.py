@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if hub:  # first: it writes to the store, and the executor retries this when the store is full
             hub.run_finished(run)
         metrics.finished(run)
+        app.extensions["fleetdeck"].probes.forget(run["instances"])
         provisioning.finished(app.extensions["fleetdeck"], run)
 
     executor = Executor(
@@ -75,7 +76,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         password_file if password_file.is_file() else None,
         hub,
         StreamSlots(settings.max_streams_per_token),
-        Probes(settings.inventory),
+        Probes(settings.inventory, password_file if password_file.is_file() else None,
+               (settings.hook_secret, settings.hub_secret)),
     )
     errors.register(app)
 

@@ -187,7 +187,7 @@ def new_instance():
         if values["features"]:
             body["features"] = [f.strip() for f in values["features"].split(",") if f.strip()]
         try:
-            _, started, _ = provisioning.create(service(), body, _operator(), None)
+            _, started, _ = provisioning.create(service(), body, _operator(), None, source="console")
             return redirect(url_for("console.run", run_id=started["id"]))
         except ApiError as exc:
             errors = exc.details.get("fields") or ({exc.details["field"]: exc.message} if "field" in exc.details

@@ -24,6 +24,8 @@ from fleetdeck import inventory, scaffold, validate
 from fleetdeck.errors import FleetdeckError
 from fleetdeck.takeover import profile
 
+from .redaction import Redactor
+
 sys.path.append(str(scaffold.REPO / "collections"))
 from ansible_collections.fleetdeck.lifecycle.plugins.module_utils.health import (
     BODY_LIMIT,
@@ -109,8 +111,11 @@ def probe(env: Path, name: str, settings: dict) -> Probe:
 
 def _ssh(env: Path, name: str, settings: dict, argv: list[str], stdin: str) -> dict:
     """PROBE's JSON answer over one SSH connection as ansible would make it (address, port, user, key)."""
+    known_hosts = env / "known_hosts"
+    if not known_hosts.is_file():
+        raise FleetdeckError(f"{known_hosts} does not exist: no pinned host key to check the instance against")
     client = paramiko.SSHClient()
-    client.load_host_keys(str(env / "known_hosts"))
+    client.load_host_keys(str(known_hosts))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     key = settings.get("ansible_ssh_private_key_file") or os.environ.get("ANSIBLE_PRIVATE_KEY_FILE")
     try:
@@ -130,10 +135,12 @@ def _ssh(env: Path, name: str, settings: dict, argv: list[str], stdin: str) -> d
 
 
 class Probes:
-    """The probe cache of one runner (in memory: a restart probes again)."""
+    """The probe cache of one runner (in memory: a restart probes again). What the app answers is masked like
+    run output (redaction.py): a health body could echo a secret."""
 
-    def __init__(self, env: Path):
-        self.env = env
+    def __init__(self, env: Path, password_file: Path | None, also: tuple[str | None, ...] = ()):
+        self.env, self._password_file, self._also = env, password_file, also
+        self._redactor: tuple[float, Redactor] | None = None
         self._results: dict[tuple[str, str], Probe] = {}
         self._running: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
@@ -159,11 +166,29 @@ class Probes:
         with self._lock:
             return {name: self._results.get(key) for name, key in keys.items()}
 
+    def _masking(self) -> Redactor:
+        """The redactor of the inventory's secrets, read again when older than TTL (vaults change)."""
+        with self._lock:
+            cached = self._redactor
+        if cached is None or time.time() - cached[0] > TTL:
+            cached = (time.time(), Redactor.from_inventory(self.env, self._password_file, self._also))
+            with self._lock:
+                self._redactor = cached
+        return cached[1]
+
+    def forget(self, names: list[str]) -> None:
+        """Drop these instances' results (a run on them ended: what was probed before may be stale)."""
+        with self._lock:
+            for key in [k for k in self._results if k[0] in names]:
+                del self._results[key]
+
     def _probe(self, key: tuple[str, str], settings: dict) -> None:
         try:
             result = probe(self.env, key[0], settings)
+            redactor = self._masking()
+            result.detail, result.history = redactor.text(result.detail), redactor.data(result.history)
         except Exception as exc:  # whatever failed, the instance shows why instead of staying unprobed
-            result = Probe(time.time(), reachable=False, detail=f"{key[0]}: probe failed: {exc!r}")
+            result = Probe(time.time(), reachable=False, detail=f"{key[0]}: probe failed: {type(exc).__name__}")
         with self._lock:
             self._results[key] = result
             self._running.pop(key, None)

@@ -27,6 +27,7 @@ CHECKS = {"name": validate.instance_name, "domain": validate.domain, "address": 
           "hold_reason": instance_edit.hold_reason}
 CHANGE_FIELDS = {"tier": int, "canary": bool, "features": list, "hold": bool, "hold_reason": str}
 RECENT = 10
+MANIFEST_TIME = "%Y-%m-%dT%H:%M:%SZ"  # finished_at in a backup's manifest.json (roles/backup/templates/backup.sh.j2)
 ROLLOUTS = ("canary_upgrade", "upgrade", "update_binary")  # the actions that move instances to a new version
 _creating = threading.Lock()  # one creation at a time: the idempotency check and the write go together
 
@@ -57,8 +58,10 @@ def _refuse(errors: dict[str, str]) -> None:
         raise ApiError(422, "invalid_field", "; ".join(errors.values()), field=next(iter(errors)), fields=errors)
 
 
-def create(svc: Service, body: dict, operator: str, idempotency_key: str | None) -> tuple[dict, dict, bool]:
-    """(instance, deploy run, created); with the key of an earlier identical request, that request's answer."""
+def create(svc: Service, body: dict, operator: str, idempotency_key: str | None,
+           source: str = "api") -> tuple[dict, dict, bool]:
+    """(instance, deploy run, created); with the key of an earlier identical request, that request's answer.
+    `source`: where the request came from (api, console), recorded on the run."""
     if "deploy" not in svc.catalog.actions:
         raise ApiError(404, "action_unavailable", "the runner's catalog has no deploy action: cannot provision")
     _refuse(_field_errors(body, CREATE_FIELDS, CREATE_REQUIRED))
@@ -81,7 +84,7 @@ def create(svc: Service, body: dict, operator: str, idempotency_key: str | None)
             raise ApiError(503, "inventory_unavailable", f"cannot add to the inventory: {exc}") from None
         svc.store.audit(operator, "instance.created", None,
                         {"instance": body["name"], **{k: v for k, v in body.items() if k != "name"}})
-        started = runs.start(svc, {"action": "deploy", "target": body["name"]}, operator=operator, source="api",
+        started = runs.start(svc, {"action": "deploy", "target": body["name"]}, operator=operator, source=source,
                              idempotency_key=idempotency_key, fingerprint=body)
     return instance(svc, body["name"]), started.run, True
 
@@ -195,8 +198,21 @@ def _row(svc: Service, inv: inventory.Inventory, name: str, probe: Probe | None)
         "leased_by": svc.store.leases().get(name),
         "state": _state(last, held, probe, settings.get("app_version")),
         "last_run": {k: last[k] for k in ("id", "action", "status", "check", "finished")} if last else None,
-        "last_backup_age_seconds": round(time.time() - backup["finished"]) if backup else None,
+        "last_backup_age_seconds": _last_backup_age(svc, name, backup),
     }
+
+
+def _last_backup_age(svc: Service, name: str, backup_run: dict | None) -> int | None:
+    """Seconds since the newest backup: in the controller's store (also those an upgrade took first), or of a
+    backup run (with backup_store_enabled false the store has none)."""
+    times = [backup_run["finished"]] if backup_run else []
+    for backup in _backups(svc, name)["backups"]:
+        try:
+            times.append(datetime.strptime(backup["finished_at"] or "", MANIFEST_TIME).replace(tzinfo=UTC).timestamp())
+            break
+        except ValueError:  # unfinished, or not written by the backup role: its time is not trusted
+            continue
+    return round(time.time() - max(times)) if times else None
 
 
 def _state(last: dict | None, held: bool, probe: Probe | None, pinned: str | None) -> str:
