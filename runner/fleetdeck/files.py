@@ -9,6 +9,8 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+from fleetdeck import envgit
+
 
 def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Create `path` (it must not exist) with `data`, flushed to disk."""
@@ -46,12 +48,16 @@ def sync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def env_lock(env: Path) -> Iterator[None]:
-    """Serialise fleetdeck commands that change one environment (held next to it, so also for new ones)."""
+def env_lock(env: Path, change: str | None = None) -> Iterator[None]:
+    """Serialise fleetdeck commands that change one environment (held next to it, so also for new ones).
+    With `change` (what the block does, in words), an environment that is a git repository of its own gets
+    a commit of what the block changed, still under the lock (fleetdeck.envgit)."""
     env.parent.mkdir(parents=True, exist_ok=True)
     with open(env.parent / f".{env.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+        if change:
+            envgit.commit(env, change)
 
 
 CRASH_HOOK = "FLEETDECK_TEST_CRASH_AT"

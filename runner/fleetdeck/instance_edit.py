@@ -47,7 +47,7 @@ def change(env: Path, name: str, wanted: Change) -> str:
         wanted = replace(wanted, features=validate.features(wanted.features))
     if wanted.hold_reason is not None:
         hold_reason(wanted.hold_reason)
-    with files.env_lock(env):
+    with files.env_lock(env, change=f"change instance {name}"):
         inv = inventory.load(env)
         if name not in inv.hosts():
             raise Refused(f"no instance {name!r} in {env}")
@@ -90,7 +90,7 @@ def remove(env: Path, name: str) -> tuple[Path, str]:
     """Take `name` out of hosts.yml and known_hosts; its host_vars (the vault still encrypted) and its pinned
     host keys move to .archive/<name>-<time>/. Returns the archive directory and the diff of hosts.yml."""
     env = Path(env).absolute()
-    with files.env_lock(env):
+    with files.env_lock(env, change=f"remove instance {name} (its host_vars archived)"):
         inv = inventory.load(env)
         if name not in inv.hosts():
             raise Refused(f"no instance {name!r} in {env}")

@@ -51,7 +51,7 @@ def pull(env: str | Path, name: str, keys: list[str] | None, write: bool) -> lis
     yaml = YAML()
     yaml.width = 1000
     yaml.preserve_quotes = True
-    with files.env_lock(inv.path):
+    with files.env_lock(inv.path, change=f"pull the live settings of {name} into its host_vars" if write else None):
         main = yaml.load(main_path.read_text())
         password = vault.read_password()
         secrets = vault.decrypt_file(vault_path, password)

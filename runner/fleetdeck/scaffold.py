@@ -43,7 +43,7 @@ def add_instance(env: str | Path, name: str, domain: str, address: str, *, tier:
     tier, version, port = validate.tier(tier), validate.version(version), validate.port(port)
     features = validate.features(features)
     env = Path(env).absolute()
-    with files.env_lock(env):
+    with files.env_lock(env, change=f"add instance {name} ({address})"):
         recover(env)
         if (env / rekey.JOURNAL).exists():
             raise FleetdeckError(f"a rekey of {env} was interrupted; run scripts/rekey-vault -i {env} first")

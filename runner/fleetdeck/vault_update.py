@@ -46,7 +46,7 @@ def set_secret(env: Path, host: str, name: str, old: str, new: str, password: by
         raise Refused(f"refusing to write an empty {secret.vault_var}")
     path = vault_path(env, host)
     stamp = rotated_at or (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with files.env_lock(env):
+    with files.env_lock(env, change=f"rotate {name} of {host}"):
         if not path.exists():
             raise FleetdeckError(f"no vault file {path}")
         variables = vault.decrypt_file(path, password)

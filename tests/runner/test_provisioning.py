@@ -297,3 +297,37 @@ def test_backups_are_listed_from_the_stores_manifests(client, env, tmp_path, mon
     assert "20261202T010000Z" in detail["backups_error"] and "not shown" not in json.dumps(detail)
     finished = datetime(2026, 11, 30, 1, 0, 9, tzinfo=UTC).timestamp()  # the newest with a finish time
     assert abs(detail["last_backup_age_seconds"] - (time.time() - finished)) < 5, detail["last_backup_age_seconds"]
+
+
+def git(where, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_an_environment_that_is_a_repository_gets_a_commit_per_change(tmp_path):
+    env = make_local_env(tmp_path)
+    git(env.inventory, "init", "-q")
+    git(env.inventory, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "start", "--allow-empty")
+    git(env.inventory, "add", "-A")
+    git(env.inventory, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "the environment")
+    with in_process(env), app_for(env) as application:
+        client = application.test_client()
+        held = client.patch("/v1/instances/local-1", json={"hold": True}, headers=env.auth("provisioner"))
+        assert held.status_code == 200, held.get_json()
+        client.patch("/v1/instances/local-1", json={"hold": True}, headers=env.auth("provisioner"))  # no change
+    assert git(env.inventory, "log", "--format=%s").splitlines() == ["change instance local-1", "the environment",
+                                                                   "start"]
+    assert "+rollout_hold: true" in git(env.inventory, "show", "HEAD", "--", "host_vars/local-1/main.yml")
+    assert git(env.inventory, "status", "--porcelain") == ""
+    with in_process(env):
+        instance_edit.remove(env.inventory, "local-2")
+    assert git(env.inventory, "log", "-1", "--format=%s").strip() == "remove instance local-2 (its host_vars archived)"
+    shown = git(env.inventory, "show", "--stat", "--format=", "HEAD")
+    assert "hosts.yml" in shown and "local-2" in shown and git(env.inventory, "status", "--porcelain") == ""
+
+
+def test_an_environment_inside_another_repository_is_not_committed(tmp_path):
+    git(tmp_path, "init", "-q")
+    env = make_local_env(tmp_path / "outer")
+    with in_process(env):
+        instance_edit.change(env.inventory, "local-1", instance_edit.Change(hold=True))
+    assert subprocess.run(["git", "-C", str(tmp_path), "log"], capture_output=True).returncode != 0, "no commit"
