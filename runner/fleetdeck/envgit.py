@@ -19,7 +19,10 @@ def _git(env: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def is_repository(env: Path) -> bool:
-    top = _git(env, "rev-parse", "--show-toplevel")
+    try:
+        top = _git(env, "rev-parse", "--show-toplevel")
+    except FileNotFoundError:  # no git on this machine: nothing to commit to
+        return False
     return top.returncode == 0 and Path(top.stdout.strip()).resolve() == env.resolve()
 
 
