@@ -90,9 +90,14 @@ def browser():
     driver.quit()
 
 
-def shot(browser, name: str) -> None:
+def shot(browser, name: str, whole: bool = False) -> None:
+    """The window as it is, or (`whole`) the whole page: the window is made as tall as the page for it."""
     SHOTS.mkdir(exist_ok=True)
+    size = browser.get_window_size()
+    if whole:
+        browser.set_window_size(size["width"], browser.execute_script("return document.body.scrollHeight") + 150)
     browser.save_screenshot(str(SHOTS / f"{name}.png"))
+    browser.set_window_size(size["width"], size["height"])
 
 
 def finished_run(browser, timeout: float) -> str:
@@ -240,7 +245,7 @@ def test_canary_upgrade_shows_in_the_canary_view_and_the_version_matrix(server, 
     assert "never" not in browser.find_element(By.ID, "last-backup").text
     history = browser.find_element(By.ID, "release-history").text.splitlines()
     assert history[1].startswith("1.1.0 1.0.0"), history
-    shot(browser, "instance")
+    shot(browser, "instance", whole=True)
 
 
 def test_a_missing_csrf_token_is_refused(server, browser):
@@ -265,6 +270,9 @@ def test_hold_then_decommission(server, browser, fleet):
     browser.find_element(By.ID, "decommission-button").click()
     confirm(browser, "Decommission 1 instance")
     assert finished_run(browser, 600) == "successful"
+    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: NAME in b.find_element(By.ID, "hosts").text)  # reloaded with the per-host results
+    assert "console:ops (console)" in browser.find_element(By.CSS_SELECTOR, ".facts").text
     shot(browser, "decommission")
 
     assert server.call("GET", f"/v1/instances/{NAME}")[0] == 404

@@ -134,7 +134,7 @@ def change(name: str):
 def decommission(name: str):
     _need("provision")
     run = _or_message(lambda: provisioning.decommission(
-        service(), name, request.form.get("keep_data") == "on", _operator()))
+        service(), name, request.form.get("keep_data") == "on", _operator(), source="console"))
     return redirect(url_for("console.run", run_id=run["id"])) if run else _back(name)
 
 

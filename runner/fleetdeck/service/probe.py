@@ -99,14 +99,21 @@ def probe(env: Path, name: str, settings: dict) -> Probe:
         answer = _ssh(env, name, settings, ["python3", "-", url, str(TIMEOUT), str(BODY_LIMIT)], PROBE)
     except (FleetdeckError, OSError, paramiko.SSHException, EOFError) as exc:
         return Probe(now, reachable=False, detail=f"{name}: {exc}")
-    history = (answer["release"] or {}).get("history", []) if isinstance(answer["release"], dict) else []
+    release = answer["release"] if isinstance(answer["release"], dict) else {}
+    history = release.get("history", []) if isinstance(release.get("history"), list) else []
     if answer["error"]:
-        return Probe(now, reachable=True, detail=f"{url}: {answer['error']}", history=history)
+        return Probe(now, reachable=True, version=_version(release.get("current")),
+                     detail=f"{url}: {answer['error']}", history=history)
     body = parse_body(answer["body"].encode())
-    reported = str(body.get("version")) if isinstance(body, dict) else ""
+    # As the smoke check: the version the app reports, else the release its facts record as current.
+    reported = _version(body.get("version")) if isinstance(body, dict) else None
     return Probe(now, reachable=True, healthy=is_healthy(answer["code"], body),
-                 version=reported if validate.VERSION_RE.match(reported) else None,
+                 version=reported or _version(release.get("current")),
                  detail=describe_answer(answer["code"], body), history=history)
+
+
+def _version(value: object) -> str | None:
+    return str(value) if value is not None and validate.VERSION_RE.match(str(value)) else None
 
 
 def _ssh(env: Path, name: str, settings: dict, argv: list[str], stdin: str) -> dict:

@@ -255,9 +255,9 @@ def change(svc: Service, name: str, body: dict, operator: str) -> dict:
     return {"instance": instance(svc, name), "diff": diff}
 
 
-def decommission(svc: Service, name: str, keep_data: bool, operator: str) -> dict:
+def decommission(svc: Service, name: str, keep_data: bool, operator: str, source: str = "api") -> dict:
     """Start the decommission run (final backup, app stopped and disabled, data removed unless kept);
-    the instance leaves the inventory when it succeeds (finished())."""
+    the instance leaves the inventory when it succeeds (finished()). `source`: api or console."""
     instance(svc, name)
     active = svc.store.instance_runs(name, 1, active=True)
     if active:
@@ -265,7 +265,7 @@ def decommission(svc: Service, name: str, keep_data: bool, operator: str) -> dic
                        f"{active[0]['action']}); wait for it or cancel it", run_id=active[0]["id"])
     started = runs.start(svc, {"action": "decommission", "target": name,
                                "params": {"app_decommission_keep_data": keep_data}},
-                         operator=operator, source="api")
+                         operator=operator, source=source)
     svc.store.audit(operator, "instance.decommission_started", started.run["id"],
                     {"instance": name, "keep_data": keep_data})
     return started.run
