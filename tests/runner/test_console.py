@@ -163,3 +163,14 @@ def test_no_secret_on_any_page(app, env):
     assert len(bodies) >= 8
     for value in values:
         assert not any(value.encode() in body for body in bodies)
+
+
+def test_fleet_and_instance_pages_show_the_probe_the_matrix_and_the_backups(app, env):
+    client = signed_in(app, "ops")
+    page = client.get("/ui/", base_url=HTTPS).get_data(as_text=True)
+    # The local hosts have no pinned host key: the probe says so, in the health cell, with its age.
+    assert "known_hosts does not exist" in page and "unreachable" in page and " ago</small>" in page
+    assert 'id="versions"' in page and 'id="no-rollout"' in page and 'id="canary"' in page
+    instance = client.get("/ui/instances/local-1", base_url=HTTPS).get_data(as_text=True)
+    assert 'id="health"' in instance and 'id="running-version"' in instance
+    assert 'id="backups"' in instance and "none in the controller" in instance and 'id="release-history"' in instance
