@@ -64,11 +64,22 @@ class Inventory:
         return host in self.hosts() or (host_vars.is_dir() and host in {p.name for p in host_vars.iterdir()})
 
     def public_vars(self, host: str) -> dict:
-        """The instance's host_vars/<host>/main.yml (never its vault)."""
+        """The instance's variables in hosts.yml (given where it is listed) overridden by its
+        host_vars/<host>/main.yml, as Ansible ranks them (never its vault)."""
         if host not in self.hosts():
             raise FleetdeckError(f"no instance {host!r} in environment {self.name}")
+        inline: dict = {}
+
+        def collect(group: dict | None) -> None:
+            group = group or {}
+            listed = (group.get("hosts") or {}).get(host)
+            inline.update(listed if isinstance(listed, dict) else {})
+            for child in (group.get("children") or {}).values():
+                collect(child)
+
+        collect(self.tree.get("all"))
         main = self.path / "host_vars" / host / "main.yml"
-        return (yaml.safe_load(main.read_text()) or {}) if main.exists() else {}
+        return {**inline, **((yaml.safe_load(main.read_text()) or {}) if main.exists() else {})}
 
 
 def load(path: str | Path) -> Inventory:

@@ -120,6 +120,12 @@ def fill(browser, **fields: str) -> None:
         box.send_keys(value)
 
 
+def heading(browser, starts: str, timeout: float = 60) -> None:
+    """Wait for the page a click leads to: the old page's elements go stale meanwhile."""
+    WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: b.find_element(By.TAG_NAME, "h1").text.startswith(starts))
+
+
 def eventually(browser, predicate, timeout: float = 60) -> None:
     """Reload the page until `predicate` holds (a probe the page did not wait for shows on a later load)."""
     def holds(b) -> bool:
@@ -165,8 +171,7 @@ def test_create_through_the_form_and_watch_the_deploy_live(server, browser, flee
     fill(browser, name=NAME, domain="web1.example.test", address=fleet.hosts[0].address, features="beta")
     browser.find_element(By.ID, "field-canary").click()
     browser.find_element(By.ID, "create").click()
-    WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda b: b.find_element(By.TAG_NAME, "h1").text.startswith(f"deploy on {NAME}"))  # the run page
+    heading(browser, f"deploy on {NAME}")  # the run page
     WebDriverWait(browser, 120).until(lambda b: "TASK [" in b.find_element(By.ID, "log").text)
     assert browser.find_element(By.ID, "status").text in ("queued", "running")  # it is live, not a replay
     shot(browser, "run-live")
@@ -207,12 +212,12 @@ def test_preview_then_configure(server, browser):
     assert "1.0.0" in browser.find_element(By.ID, "release-history").text
     browser.find_element(By.CSS_SELECTOR, "#action option[value=configure]").click()
     browser.find_element(By.ID, "preview").click()  # a preview asks nothing: it changes nothing
-    assert "(preview)" in browser.find_element(By.TAG_NAME, "h1").text
+    heading(browser, f"configure (preview) on {NAME}")
     assert finished_run(browser, 300) == "successful"
     browser.refresh()
     browser.find_element(By.ID, "apply-button").click()
     confirm(browser, "1 instance")
-    assert "(preview)" not in browser.find_element(By.TAG_NAME, "h1").text
+    heading(browser, f"configure on {NAME}")
     assert finished_run(browser, 300) == "successful"
     runs = server.call("GET", "/v1/runs?action=configure")[1]["runs"]
     assert [r["check"] for r in runs] == [False, True] and all(r["operator"] == "console:ops" for r in runs)
@@ -255,7 +260,8 @@ def test_a_missing_csrf_token_is_refused(server, browser):
     browser.find_element(By.ID, "hold-box").click()
     browser.find_element(By.ID, "save-settings").click()
     confirm(browser, "1 instance")
-    assert "csrf_failed" in browser.find_element(By.TAG_NAME, "body").text
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: "csrf_failed" in b.find_element(By.TAG_NAME, "body").text)
     assert (server.env.inventory / "hosts.yml").read_text() == before
 
 
