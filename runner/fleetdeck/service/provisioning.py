@@ -157,8 +157,8 @@ def _backups(svc: Service, name: str) -> dict:
             rows.append({"id": data["id"], "app_version": data.get("app_version"),
                          "finished_at": data.get("finished_at"),
                          "size_bytes": sum(p.get("size", 0) for p in data.get("parts", {}).values())})
-        except (OSError, ValueError, KeyError, AttributeError) as exc:
-            error = f"{manifest}: unreadable manifest ({exc})"
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            error = f"{manifest}: unreadable manifest ({type(exc).__name__}: {exc})"
     return {"backups": rows, "backups_error": error}
 
 
