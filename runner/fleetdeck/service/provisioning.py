@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -150,16 +151,21 @@ def backup_store(svc: Service) -> Path:
 
 def _backups(svc: Service, name: str) -> dict:
     """The instance's backups in the controller's store, newest first, from their manifests (never a value)."""
-    rows, error = [], None
+    rows, errors = [], []
+    for row in _manifests(svc, name):
+        (rows if isinstance(row, dict) else errors).append(row)
+    return {"backups": rows, "backups_error": errors[0] if errors else None}
+
+
+def _manifests(svc: Service, name: str) -> Iterator[dict | str]:
+    """Each backup's row, newest first, or why its manifest cannot be read; read one at a time."""
     for manifest in sorted((backup_store(svc) / name).glob("*/manifest.json"), reverse=True):
         try:
             data = json.loads(manifest.read_text())
-            rows.append({"id": data["id"], "app_version": data.get("app_version"),
-                         "finished_at": data.get("finished_at"),
-                         "size_bytes": sum(p.get("size", 0) for p in data.get("parts", {}).values())})
+            yield {"id": data["id"], "app_version": data.get("app_version"), "finished_at": data.get("finished_at"),
+                   "size_bytes": sum(p.get("size", 0) for p in data.get("parts", {}).values())}
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
-            error = f"{manifest}: unreadable manifest ({type(exc).__name__}: {exc})"
-    return {"backups": rows, "backups_error": error}
+            yield f"{manifest}: unreadable manifest ({type(exc).__name__}: {exc})"
 
 
 def _secret_ages(svc: Service, name: str) -> dict:
@@ -206,7 +212,7 @@ def _last_backup_age(svc: Service, name: str, backup_run: dict | None) -> int | 
     """Seconds since the newest backup: in the controller's store (also those an upgrade took first), or of a
     backup run (with backup_store_enabled false the store has none)."""
     times = [backup_run["finished"]] if backup_run else []
-    for backup in _backups(svc, name)["backups"]:
+    for backup in (row for row in _manifests(svc, name) if isinstance(row, dict)):
         try:
             times.append(datetime.strptime(backup["finished_at"] or "", MANIFEST_TIME).replace(tzinfo=UTC).timestamp())
             break
