@@ -50,7 +50,8 @@ class RunnerWorker(GeventWorker):
     def patch(self):
         # Not `os` (nor `signal` and `subprocess`, which rely on it): gevent's fork makes pexpect's pty
         # spawn, how ansible-runner starts ansible-playbook, wait forever for the child's exec. pexpect
-        # needs only select() on the pty to cooperate, and that is patched. Nothing here uses subprocess.
+        # needs only select() on the pty to cooperate, and that is patched. subprocess serves only the short
+        # git calls of an inventory change (fleetdeck.envgit), which hold the worker for milliseconds.
         monkey.patch_all(os=False, signal=False, subprocess=False)
         self.sockets = [
             socket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets
