@@ -5,6 +5,7 @@ Set FLEETDECK_TEST_FLEET to give concurrent test runs on one machine distinct fl
 """
 
 import os
+from collections import defaultdict
 
 import pytest
 
@@ -30,3 +31,31 @@ def fleet(request):
 @pytest.fixture(scope="session")
 def repo():
     return REPO
+
+
+# pytest-xdist hands out whole modules in collection order (with --no-loadscope-reorder): the slowest start
+# first, so that no long module starts last while the other worker idles. The rest keep their order.
+SLOWEST_FIRST = (
+    "tests/test_backup.py", "tests/test_canary_analysis.py", "tests/test_monitoring.py",
+    "tests/runner/test_console_browser.py", "tests/runner/test_lifecycle_via_api.py", "tests/test_rollout.py",
+    "tests/test_takeover.py", "tests/test_rotation.py", "tests/test_deploy.py", "tests/test_locks.py",
+    "tests/test_collection.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {module: index for index, module in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Seconds per module (setup, calls and teardown: its fleet included), to keep SLOWEST_FIRST true."""
+    seconds = defaultdict(float)
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                seconds[report.nodeid.partition("::")[0]] += report.duration
+    if seconds:
+        terminalreporter.write_sep("=", "seconds per module")
+        for module, total in sorted(seconds.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{total:8.1f}  {module}")
