@@ -1,6 +1,7 @@
 """The release_signature module with the real ssh-keygen: good, missing, tampered and foreign signatures."""
 
 import subprocess
+from typing import NamedTuple
 
 import pytest
 from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import run_module
@@ -19,17 +20,23 @@ def sign(key, path, namespace=NAMESPACE):
                    capture_output=True)
 
 
+class Release(NamedTuple):
+    checksum: object  # the signed checksum file (a Path)
+    key: object  # the signing key (a Path)
+    public: str
+
+
 @pytest.fixture
 def release(tmp_path):
     key, public = keypair(tmp_path, "release-2026")
     checksum = tmp_path / "app-1.0.0.tar.gz.sha256"
     checksum.write_text(f"{'a' * 64}  app-1.0.0.tar.gz\n")
     sign(key, checksum)
-    return checksum, key, public
+    return Release(checksum, key, public)
 
 
 def test_a_good_signature_returns_the_verified_content_and_the_signer(release):
-    checksum, _, public = release
+    checksum, public = release.checksum, release.public
     rc, result = run_module("release_signature", src=str(checksum), signers=[public])
     assert rc == 0, result
     assert result["content"] == checksum.read_text() and result["changed"] is False
@@ -37,15 +44,15 @@ def test_a_good_signature_returns_the_verified_content_and_the_signer(release):
 
 
 def test_two_signers_are_accepted_during_a_key_change(release, tmp_path):
-    checksum, _, public = release
-    _, next_public = keypair(tmp_path, "release-2027")
+    checksum, public = release.checksum, release.public
+    next_public = keypair(tmp_path, "release-2027")[1]
     for signers in ([next_public, public], [public, next_public]):
         rc, result = run_module("release_signature", src=str(checksum), signers=signers)
         assert rc == 0, result
 
 
 def test_a_missing_signature_is_refused_naming_it(release):
-    checksum, _, public = release
+    checksum, public = release.checksum, release.public
     checksum.with_name(checksum.name + ".sig").unlink()
     rc, result = run_module("release_signature", src=str(checksum), signers=[public])
     assert rc == 1
@@ -54,7 +61,7 @@ def test_a_missing_signature_is_refused_naming_it(release):
 
 
 def test_a_tampered_file_is_refused(release):
-    checksum, _, public = release
+    checksum, public = release.checksum, release.public
     checksum.write_text(f"{'b' * 64}  app-1.0.0.tar.gz\n")
     rc, result = run_module("release_signature", src=str(checksum), signers=[public])
     assert rc == 1
@@ -63,8 +70,8 @@ def test_a_tampered_file_is_refused(release):
 
 
 def test_a_signature_by_an_unknown_key_is_refused_with_its_fingerprint(release, tmp_path):
-    checksum, _, public = release
-    other, _ = keypair(tmp_path, "intruder")
+    checksum, public = release.checksum, release.public
+    other = keypair(tmp_path, "intruder")[0]
     checksum.with_name(checksum.name + ".sig").unlink()
     sign(other, checksum)
     fingerprint = subprocess.run(["ssh-keygen", "-l", "-f", f"{other}.pub"], capture_output=True, text=True,
@@ -76,7 +83,7 @@ def test_a_signature_by_an_unknown_key_is_refused_with_its_fingerprint(release, 
 
 
 def test_a_signature_for_another_namespace_is_refused(release):
-    checksum, key, public = release
+    checksum, key, public = release.checksum, release.key, release.public
     checksum.with_name(checksum.name + ".sig").unlink()
     sign(key, checksum, namespace="file")
     rc, result = run_module("release_signature", src=str(checksum), signers=[public])
@@ -84,7 +91,7 @@ def test_a_signature_for_another_namespace_is_refused(release):
 
 
 def test_a_signer_that_is_not_an_ed25519_key_is_a_precise_error(release):
-    checksum, _, public = release
+    checksum, public = release.checksum, release.public
     rc, result = run_module("release_signature", src=str(checksum), signers=[public, "ssh-rsa AAAAB3 old"])
     assert rc == 1
     assert result["msg"] == ("signers[1] is not an Ed25519 public key (ssh-ed25519 AAAA... [comment]): "
@@ -92,7 +99,7 @@ def test_a_signer_that_is_not_an_ed25519_key_is_a_precise_error(release):
 
 
 def test_a_release_served_over_http_is_verified(release, server):
-    checksum, _, public = release
+    checksum, public = release.checksum, release.public
     signature = checksum.with_name(checksum.name + ".sig").read_text()
     server.routes = {"/r/app.sha256": lambda _: (200, checksum.read_text()),
                      "/r/app.sha256.sig": lambda _: (200, signature)}
