@@ -64,7 +64,9 @@ options:
     type: int
     default: 300
   state:
-    description: C(present) - the owner's records are exactly those of O(names) and O(addresses); C(absent) - none are left.
+    description:
+      - C(present) - the owner's records are exactly those of O(names) and O(addresses).
+      - C(absent) - none of the owner's records are left.
     type: str
     choices: [present, absent]
     default: present
