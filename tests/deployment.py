@@ -12,7 +12,7 @@ import yaml
 
 from tests.fleet import Fleet
 from tests.playbook import BIN, REPO, PlaybookResult, finished, start_playbook
-from tests.refapp.build import build
+from tests.refapp.build import build, make_signing_key
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Deployment:
     inventory: Path
     dist: Path
     env: dict[str, str]
+    release_signer: str = ""  # public key of the test key that signed the releases in dist
     instances: dict[str, str] = field(default_factory=dict)  # instance -> address
     outputs: list[str] = field(default_factory=list)
 
@@ -30,10 +31,11 @@ class Deployment:
         """Build the releases, bootstrap a vault password and add one instance per fleet host (the first
         `instances` hosts if given)."""
         dist = workdir / "dist"
-        build(dist, None)
+        signer = make_signing_key(workdir / "release-key")
+        build(dist, None, sign_key=workdir / "release-key")
         env = {**fleet.ansible_env(), "FLEETDECK_VAULT_PASSWORD_FILE": str(workdir / "vault-pass"),
                "FLEETDECK_AUDIT_LOG": str(workdir / "audit.log"), "FLEETDECK_BACKUP_STORE": str(workdir / "store")}
-        deployment = cls(fleet, workdir / "inventory" / "test", dist, env)
+        deployment = cls(fleet, workdir / "inventory" / "test", dist, env, signer)
         deployment.script("bootstrap-vault", "-i", str(deployment.inventory))
         for index, host in enumerate(fleet.hosts[:instances]):
             name = f"inst{index + 1}"

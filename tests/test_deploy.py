@@ -1,5 +1,7 @@
 """Inventory -> deploy -> configure on 2 real hosts: healthy, idempotent, honest in check mode, no leaks."""
 
+import hashlib
+import json
 import re
 import secrets
 import shutil
@@ -10,6 +12,7 @@ import pytest
 from fleetdeck import vault
 
 from tests.deployment import Deployment
+from tests.refapp.build import make_signing_key, sign
 
 FLEET_SIZE = 2
 
@@ -218,3 +221,58 @@ def test_no_secret_appears_in_any_output_or_log(deployment):
     for text in deployment.outputs + logs:
         for secret in secrets:
             assert secret not in text
+
+
+def signed_release_dist(deployment, tmp_path, change) -> tuple[Path, Path]:
+    """A copy of the signed releases with CHANGE(dist, checksum file of 1.1.0) applied; (dist, checksum file)."""
+    dist = tmp_path / "dist"
+    shutil.copytree(deployment.dist, dist)
+    checksum = dist / "refapp-1.1.0-linux-amd64.tar.gz.sha256"
+    change(dist, checksum)
+    return dist, checksum
+
+
+def tamper(dist, checksum):
+    # Whoever can replace the artifact can replace the .sha256 beside it: only the signature tells.
+    tarball = dist / "refapp-1.1.0-linux-amd64.tar.gz"
+    tarball.write_bytes(tarball.read_bytes() + b"\0" * 512)
+    checksum.write_text(f"{hashlib.sha256(tarball.read_bytes()).hexdigest()}  {tarball.name}\n")
+
+
+def unsign(_, checksum):
+    Path(f"{checksum}.sig").unlink()
+
+
+def sign_with_an_unknown_key(dist, checksum):
+    make_signing_key(dist.parent / "intruder-key")
+    sign(checksum, dist.parent / "intruder-key")
+
+
+@pytest.mark.parametrize(("change", "refusal"), [
+    (tamper, "{checksum}: the signature does not match the file (tampered, corrupt or not for fleetdeck-release)"),
+    (unsign, "{checksum}.sig: no such signature; release signers are set, so releases must be signed"),
+    (sign_with_an_unknown_key, "{checksum}: signed by key SHA256:"),
+])
+def test_a_release_not_signed_by_a_release_signer_is_refused_before_any_instance_changes(
+        deployment, tmp_path, change, refusal):
+    dist, checksum = signed_release_dist(deployment, tmp_path, change)
+    before = host_state(deployment)
+    result = deployment.playbook("deploy.yml", "-e", "app_version=1.1.0", "-e", f"app_artifact_controller_dir={dist}",
+                                 "-e", json.dumps({"app_release_signers": [deployment.release_signer]}))
+    assert result.rc != 0
+    assert refusal.format(checksum=checksum) in result.output, result.output
+    assert "refusing to install it" in result.output
+    assert result.changed() == dict.fromkeys(deployment.instances, 0), result.output
+    assert all(result.recap[i]["failed"] == 1 for i in deployment.instances)
+    assert host_state(deployment) == before
+
+
+def test_a_signed_release_deploys_while_two_signers_are_accepted(deployment, tmp_path):
+    next_signer = make_signing_key(tmp_path / "next-release-key")  # a key change in progress: old and new listed
+    result = deployment.playbook("deploy.yml", "--limit", "inst2", "-e", "app_version=1.1.0", "-e",
+                                 json.dumps({"app_release_signers": [next_signer, deployment.release_signer]}))
+    assert result.rc == 0, result.output
+    verified = (r"Verify the checksum file's signature by one of app_release_signers, on the controller\] \**\n"
+                r"ok: \[inst2 -> localhost\]")
+    assert re.search(verified, result.output), result.output
+    assert deployment.health("inst2")["version"] == "1.1.0"

@@ -1,10 +1,12 @@
 """Build reproducible refapp release tarballs.
 
-    python tests/refapp/build.py --out DIR [--version 1.1.0 ...]
+    python tests/refapp/build.py --out DIR [--version 1.1.0 ...] [--sign-key KEY]
 
 Each release is `refapp-<version>-linux-<arch>.tar.gz` (plus a sha256sum-style
 `.sha256`) holding bin/refapp, lib/refapp and the pure-Python PostgreSQL driver
 copied from this virtualenv, so the server needs nothing but /usr/bin/python3.
+With a signing key (an Ed25519 SSH private key), the `.sha256` gets a `.sha256.sig`
+made by `ssh-keygen -Y sign` (docs/releases.md).
 """
 
 import argparse
@@ -15,6 +17,7 @@ import io
 import json
 import os
 import platform
+import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +28,7 @@ SOURCE = Path(__file__).resolve().parent / "src" / "refapp"
 VENDORED_ROOTS = ("pg8000",)  # plus everything they require, resolved from installed metadata
 INSTALLER_FILES = ("RECORD", "INSTALLER", "REQUESTED")  # describe this venv, not the release
 MTIME = 1_700_000_000  # fixed timestamp for every member, so rebuilds are byte-identical
+SIGNATURE_NAMESPACE = "fleetdeck-release"  # what the app role's release_signature check expects
 DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 LAUNCHER = """\
 #!/usr/bin/python3
@@ -142,8 +146,25 @@ def _tarball(version: str, manifest: Manifest, vendored: dict[str, bytes]) -> by
     return compressed.getvalue()
 
 
-def build(out_dir: Path, versions: list[str] | None = None) -> dict[str, Path]:
-    """Write the tarball and .sha256 for each version; return version -> tarball path."""
+def make_signing_key(path: Path) -> str:
+    """Create an Ed25519 test signing key at PATH (unless it exists); return its public key line."""
+    if not path.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+                       check=True, capture_output=True)
+    return Path(f"{path}.pub").read_text().strip()
+
+
+def sign(path: Path, key: Path) -> Path:
+    """Sign PATH with the SSH private KEY as a release file; return the signature's path."""
+    signature = Path(f"{path}.sig")
+    signature.unlink(missing_ok=True)  # ssh-keygen would ask before overwriting
+    subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(key), "-n", SIGNATURE_NAMESPACE, str(path)],
+                   check=True, capture_output=True)
+    return signature
+
+
+def build(out_dir: Path, versions: list[str] | None = None, sign_key: Path | None = None) -> dict[str, Path]:
+    """Write the tarball and .sha256 (signed with SIGN_KEY if given) for each version; return version -> tarball."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vendored = {name: path.read_bytes() for name, path in vendored_files().items()}
@@ -158,6 +179,8 @@ def build(out_dir: Path, versions: list[str] | None = None) -> dict[str, Path]:
         os.replace(tmp, tarball)
         digest = hashlib.sha256(data).hexdigest()
         Path(f"{tarball}.sha256").write_text(f"{digest}  {tarball.name}\n")
+        if sign_key:
+            sign(Path(f"{tarball}.sha256"), sign_key)
         built[version] = tarball
     return built
 
@@ -166,8 +189,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="directory for the tarballs")
     parser.add_argument("--version", action="append", choices=list(RELEASES), help="repeatable; default all")
+    parser.add_argument("--sign-key", type=Path, help="Ed25519 SSH private key signing each .sha256")
     args = parser.parse_args()
-    for path in build(args.out, args.version).values():
+    for path in build(args.out, args.version, args.sign_key).values():
         print(path)
 
 

@@ -22,7 +22,7 @@ import pg8000.native
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.refapp.build import MTIME, RELEASES, artifact_name, build
+from tests.refapp.build import MTIME, RELEASES, SIGNATURE_NAMESPACE, artifact_name, build, make_signing_key
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SRC = Path(__file__).resolve().parent / "src"
@@ -249,6 +249,18 @@ def test_build_is_reproducible_and_checksummed(tmp_path):
                 version, ["0001_create_items.sql", "0002_items_slug.sql"]
             )
             assert migrations == expected
+
+
+def test_signed_build_carries_a_verifiable_signature_of_each_checksum_file(tmp_path):
+    public = make_signing_key(tmp_path / "release-key")
+    (tmp_path / "allowed").write_text(f"release {public}\n")
+    tarball = build(tmp_path / "dist", ["1.0.0"], sign_key=tmp_path / "release-key")["1.0.0"]
+    checksum = Path(f"{tarball}.sha256")
+    verify = ["ssh-keygen", "-Y", "verify", "-f", str(tmp_path / "allowed"), "-I", "release",
+              "-n", SIGNATURE_NAMESPACE, "-s", f"{checksum}.sig"]
+    good = subprocess.run(verify, input=checksum.read_bytes(), capture_output=True)
+    assert good.returncode == 0 and b"Good" in good.stdout, good
+    assert subprocess.run(verify, input=checksum.read_bytes() + b"\n", capture_output=True).returncode != 0
 
 
 def test_version_command(releases):

@@ -30,6 +30,7 @@ ISSUE_ACTIONS = {
     "drift",  # issue 16
     "compliance",  # issue 16
     "decommission",
+    "dns",  # issue 19
 }
 
 
