@@ -20,13 +20,13 @@ CREATE_FIELDS = {"name": str, "domain": str, "address": str, "tier": int, "canar
 CREATE_REQUIRED = ("name", "domain", "address")
 CHECKS = {"name": validate.instance_name, "domain": validate.domain, "address": validate.address,
           "tier": validate.tier, "version": validate.version, "port": validate.port, "features": validate.features,
-          "hold_reason": instance_edit.hold_reason}
+          "hold_reason": instance_edit.hold_reason, "env_file": validate.env_file}
 CHANGE_FIELDS = {"tier": int, "canary": bool, "features": list, "hold": bool, "hold_reason": str}
 RECENT = 10
-_creating = threading.Lock()  # one creation at a time: the idempotency check and the write go together
+creating = threading.Lock()  # one creation at a time: the idempotency check and the write go together
 
 
-def _field_errors(body: dict, fields: dict[str, type], required: tuple[str, ...]) -> dict[str, str]:
+def field_errors(body: dict, fields: dict[str, type], required: tuple[str, ...]) -> dict[str, str]:
     errors = {f: f"{f}: unknown field; allowed: {', '.join(fields)}" for f in body if f not in fields}
     errors |= {f: f"{f}: required" for f in required if f not in body}
     for field, kind in fields.items():
@@ -47,7 +47,7 @@ def _kind(kind: type) -> str:
     return {str: "a string", int: "an integer", bool: "true or false", list: "a list"}[kind]
 
 
-def _refuse(errors: dict[str, str]) -> None:
+def refuse(errors: dict[str, str]) -> None:
     if errors:
         raise ApiError(422, "invalid_field", "; ".join(errors.values()), field=next(iter(errors)), fields=errors)
 
@@ -56,8 +56,8 @@ def create(svc: Service, body: dict, operator: str, idempotency_key: str | None)
     """(instance, deploy run, created); with the key of an earlier identical request, that request's answer."""
     if "deploy" not in svc.catalog.actions:
         raise ApiError(404, "action_unavailable", "the runner's catalog has no deploy action: cannot provision")
-    _refuse(_field_errors(body, CREATE_FIELDS, CREATE_REQUIRED))
-    with _creating:
+    refuse(field_errors(body, CREATE_FIELDS, CREATE_REQUIRED))
+    with creating:
         if idempotency_key is not None:
             earlier = runs.replay(svc, operator, idempotency_key, body)
             if earlier is not None:
@@ -160,7 +160,7 @@ def _state(last: dict | None, held: bool) -> str:
 
 def change(svc: Service, name: str, body: dict, operator: str) -> dict:
     """Apply a PATCH; the instance afterwards and the diff recorded in the audit trail."""
-    _refuse(_field_errors(body, CHANGE_FIELDS, ()))
+    refuse(field_errors(body, CHANGE_FIELDS, ()))
     if not body:
         raise ApiError(422, "invalid_field", f"nothing to change; send one of {', '.join(CHANGE_FIELDS)}")
     instance(svc, name)
