@@ -13,7 +13,7 @@
 6. Back up the instance (playbooks/backup.yml) unless --no-backup; then prove the takeover:
    `configure.yml --check --diff` must report no change on it.
 
-Steps 1-5 are adopt(), shared with POST /v1/instances/import (fleetdeck.service.imports), which runs step 6
+Steps 1-5 are adopt(), shared with POST /v1/imports (fleetdeck.service.imports), which runs step 6
 as the runner's backup and configure (check mode) runs.
 """
 

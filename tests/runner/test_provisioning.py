@@ -123,7 +123,7 @@ IMPORT = {"name": "shop", "domain": "shop.example.com", "address": "127.0.0.1", 
 ])
 def test_import_names_the_bad_field_and_writes_nothing(real_catalog_app, env, change, field, words):
     before = snapshot(env)
-    response = real_catalog_app.test_client().post("/v1/instances/import", json={**IMPORT, **change},
+    response = real_catalog_app.test_client().post("/v1/imports", json={**IMPORT, **change},
                                                    headers=env.auth("provisioner"))
     assert words in field_error(response, field)
     assert snapshot(env) == before
@@ -132,20 +132,20 @@ def test_import_names_the_bad_field_and_writes_nothing(real_catalog_app, env, ch
 def test_import_refuses_an_existing_name_before_connecting_and_an_unreachable_address(real_catalog_app, env):
     client = real_catalog_app.test_client()
     before = snapshot(env)
-    exists = client.post("/v1/instances/import", json={**IMPORT, "name": "local-1"}, headers=env.auth("provisioner"))
+    exists = client.post("/v1/imports", json={**IMPORT, "name": "local-1"}, headers=env.auth("provisioner"))
     assert "refuses to overwrite it" in field_error(exists, "name", "instance_exists", 409)
-    unreachable = client.post("/v1/instances/import", json=IMPORT, headers=env.auth("provisioner"))
+    unreachable = client.post("/v1/imports", json=IMPORT, headers=env.auth("provisioner"))
     assert "cannot reach 127.0.0.1 port 1" in field_error(unreachable, "address", "host_unreachable")
-    missing = client.post("/v1/instances/import", json={"name": "shop"}, headers=env.auth("provisioner")).get_json()
+    missing = client.post("/v1/imports", json={"name": "shop"}, headers=env.auth("provisioner")).get_json()
     assert missing["error"]["fields"] == {"domain": "domain: required", "address": "address: required"}
     assert snapshot(env) == before
     assert client.get("/v1/instances/shop", headers=env.auth()).status_code == 404
 
 
 def test_import_needs_the_provision_scope_and_the_backup_and_configure_actions(client, real_catalog_app, env):
-    denied = real_catalog_app.test_client().post("/v1/instances/import", json=IMPORT, headers=env.auth("operator"))
+    denied = real_catalog_app.test_client().post("/v1/imports", json=IMPORT, headers=env.auth("operator"))
     assert denied.status_code == 403 and denied.get_json()["error"]["code"] == "forbidden"
-    unavailable = client.post("/v1/instances/import", json=IMPORT, headers=env.auth("provisioner")).get_json()
+    unavailable = client.post("/v1/imports", json=IMPORT, headers=env.auth("provisioner")).get_json()
     assert unavailable["error"] == {"code": "action_unavailable", "message": "the runner's catalog has no configure "
                                     "or backup action: cannot import"}
 

@@ -180,7 +180,7 @@ def create_instance():
     return response
 
 
-@bp.post("/instances/import")
+@bp.post("/imports")
 @require("provision")
 def import_instance():
     instance, run, created = imports.start(
@@ -196,6 +196,12 @@ def import_instance():
 @require("read")
 def get_instance(name: str):
     return jsonify(provisioning.detail(service(), name))
+
+
+@bp.get("/instances/<name>/compliance")
+@require("read")
+def instance_compliance(name: str):
+    return jsonify({"compliance": provisioning.compliance(service(), name)})
 
 
 @bp.patch("/instances/<name>")

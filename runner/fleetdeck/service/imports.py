@@ -1,4 +1,4 @@
-"""POST /v1/instances/import: take over a hand-installed instance with scripts/import-instance's code.
+"""POST /v1/imports: take over a hand-installed instance with scripts/import-instance's code.
 
 In-process, like POST /v1/instances: fleetdeck.takeover.adopt() reads the instance over SSH and writes it
 into the inventory (nothing on the server changes). Its backup and the takeover proof are then runs of the

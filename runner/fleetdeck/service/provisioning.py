@@ -23,6 +23,8 @@ CHECKS = {"name": validate.instance_name, "domain": validate.domain, "address": 
           "hold_reason": instance_edit.hold_reason, "env_file": validate.env_file}
 CHANGE_FIELDS = {"tier": int, "canary": bool, "features": list, "hold": bool, "hold_reason": str}
 RECENT = 10
+# The facts the drift and compliance roles leave on each instance, read back from those actions' runs.
+DRIFT_FACT, COMPLIANCE_FACT = "drift_items", "compliance_checks"
 creating = threading.Lock()  # one creation at a time: the idempotency check and the write go together
 
 
@@ -141,7 +143,28 @@ def _row(svc: Service, inv: inventory.Inventory, name: str) -> dict:
         "state": _state(last, held),
         "last_run": {k: last[k] for k in ("id", "action", "status", "check", "finished")} if last else None,
         "last_backup_age_seconds": round(time.time() - backup["finished"]) if backup else None,
+        "drift": _last_drift(svc, name),
     }
+
+
+def _last_drift(svc: Service, name: str) -> dict | None:
+    """The instance's drifted keys in the newest drift run (items None: it was not compared); no values."""
+    last = svc.store.last_fact(name, "drift", DRIFT_FACT)
+    if last is None:
+        return None
+    run, items = last
+    return {"run_id": run["id"], "finished": run["finished"],
+            "items": None if items is None else [{k: i[k] for k in ("where", "key", "change")} for i in items]}
+
+
+def compliance(svc: Service, name: str) -> dict | None:
+    """The instance's checks in the newest compliance run (checks None: it was not checked)."""
+    instance(svc, name)
+    last = svc.store.last_fact(name, "compliance", COMPLIANCE_FACT)
+    if last is None:
+        return None
+    run, checks = last
+    return {"run_id": run["id"], "finished": run["finished"], "status": run["status"], "checks": checks}
 
 
 def _state(last: dict | None, held: bool) -> str:
