@@ -139,6 +139,7 @@ def test_drift_names_the_keys_changed_by_hand_and_masks_secrets(env):
     # the OS baseline never ran on the host: its firewall is off, without the role's rules
     ufw = {i["key"]: (i["change"], i["desired"], i["live"]) for i in items if i["where"] == "ufw"}
     assert ufw["Status"] == ("changed", "active", "inactive")
+    assert ufw["Default incoming"] == ("removed", "deny", None)  # an inactive UFW names no policy
     assert ufw["ufw limit 22/tcp"] == ufw["ufw allow from 10.0.0.0/8 to any port 22 proto tcp"] == (
         "removed", "present", None)
     services = [i for i in items if i["where"] == "services"]
