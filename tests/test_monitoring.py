@@ -282,6 +282,20 @@ def test_every_instance_is_probed_from_the_central_server(mon):
     wait_for("probe_success=1 for every instance", probes, timeout=30)
 
 
+def test_compliance_sees_central_samples_of_tier2_instances_only(mon, tmp_path):
+    result = mon.playbook("compliance.yml", "-e", f"compliance_report_dir={tmp_path}")
+    assert result.rc == 0, result.output
+    [report] = tmp_path.glob("compliance-*.json")
+    central = {host: next(c for c in checks if c["check"] == "central monitoring")
+               for host, checks in json.loads(report.read_text())["instances"].items()}
+    for name in TIER2:
+        assert central[name]["status"] == "pass", central
+        assert re.fullmatch(r"tier 2: newest sample on central1 is \d+ s old \(limit 300 s\)",
+                            central[name]["reason"]), central
+    assert central["inst3"] == {"check": "central monitoring", "status": "pass",
+                                "reason": "tier 1: local monitoring only, nothing is sent to central1"}
+
+
 def test_remote_write_needs_a_valid_token(mon):
     stamp = secrets.token_hex(4)
     valid = mon.tokens["inst2"]

@@ -1,9 +1,12 @@
-"""Taking over a hand-installed instance on a real host and watching it: import-instance, drift.
+"""Taking over a hand-installed instance on a real host and watching it: import-instance, drift, pull-config,
+compliance, and the import through the runner's API.
 
-One fresh host gets refapp installed by hand (tests/hand_install.sh: own paths, one env file with secrets, a
-hand-written unit). Bad input is refused first with the environment untouched; the import then backs it up
-and proves `configure.yml --check --diff` changes nothing; a real configure run changes nothing either.
-Then settings are changed on the host by hand and scripts/drift names exactly those keys.
+Two fresh hosts get refapp installed by hand (tests/hand_install.sh: own paths, one env file with secrets, a
+hand-written unit). Bad input is refused first with the environment untouched; the import of the first then
+backs it up and proves `configure.yml --check --diff` changes nothing; a real configure run changes nothing
+either. Then settings, the firewall and a service are changed on the host by hand and scripts/drift names
+exactly those keys. The second host is imported with POST /v1/imports (the same code, its backup and check
+as runner runs).
 """
 
 import hashlib
@@ -14,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fleetdeck.service.config import PACKAGE_DIR
 
 from tests.deployment import Deployment
 from tests.playbook import REPO
 from tests.refapp.build import artifact_name, build
+from tests.runner.service import app_for, env_over, in_process, wait_until
 
-FLEET_SIZE = 1
+FLEET_SIZE = 2
 VERSION = "1.0.0"
 LIVE_SECRETS = {"db": secrets.token_urlsafe(24), "token": secrets.token_urlsafe(36), "smtp": secrets.token_hex(16)}
 
@@ -35,14 +40,15 @@ def env(fleet, tmp_path_factory):
                              "FLEETDECK_AUDIT_LOG": str(workdir / "audit.log"),
                              "FLEETDECK_BACKUP_STORE": str(workdir / "store")})
     deployment.script("bootstrap-vault", "-i", str(deployment.inventory))
-    host = fleet.hosts[0]
-    subprocess.run(["scp", "-q", *fleet.ssh_args(), str(dist / artifact_name(VERSION)),
-                    str(REPO / "tests" / "hand_install.sh"), f"root@{host.address}:/root/"], check=True)
-    install = subprocess.run(["ssh", *fleet.ssh_args(), f"root@{host.address}",
-                              f"bash /root/hand_install.sh /root/{artifact_name(VERSION)} {VERSION}"],
-                             input="{db} {token} {smtp}\n".format(**LIVE_SECRETS), capture_output=True, text=True)
-    assert install.returncode == 0, install.stderr
-    deployment.instances["shop"] = host.address
+    for host in fleet.hosts:
+        subprocess.run(["scp", "-q", *fleet.ssh_args(), str(dist / artifact_name(VERSION)),
+                        str(REPO / "tests" / "hand_install.sh"), f"root@{host.address}:/root/"], check=True)
+        install = subprocess.run(["ssh", *fleet.ssh_args(), f"root@{host.address}",
+                                  f"bash /root/hand_install.sh /root/{artifact_name(VERSION)} {VERSION}"],
+                                 input="{db} {token} {smtp}\n".format(**LIVE_SECRETS), capture_output=True,
+                                 text=True)
+        assert install.returncode == 0, install.stderr
+    deployment.instances["shop"] = fleet.hosts[0].address
     return deployment
 
 
@@ -113,9 +119,11 @@ def test_duplicate_name_is_refused_and_the_environment_is_unchanged(env):
 
 
 def test_drift_names_the_keys_changed_by_hand_and_masks_secrets(env):
+    # What the playbooks get with -e @tests/fleet_overrides.yml, for scripts/drift and the runner's runs too.
+    (env.inventory / "group_vars" / "all" / "test.yml").write_text((REPO / "tests" / "fleet_overrides.yml").read_text())
     env.on("shop", "sed -i -e 's/^REFAPP_LOG_LEVEL=.*/REFAPP_LOG_LEVEL=DEBUG/' "
                    "-e 's/^SHOP_SMTP_PASSWORD=.*/SHOP_SMTP_PASSWORD=changed-by-hand/' /etc/refapp/refapp.env && "
-                   "echo SHOP_NEW_FLAG=on >> /etc/refapp/refapp.env")
+                   "echo SHOP_NEW_FLAG=on >> /etc/refapp/refapp.env && systemctl disable --quiet fail2ban")
     result = env.script("drift", "--json", "-i", str(env.inventory), check=False)
     assert result.returncode == 2, result.stdout + result.stderr
     items = json.loads(result.stdout)["shop"]
@@ -128,6 +136,15 @@ def test_drift_names_the_keys_changed_by_hand_and_masks_secrets(env):
                                             "change": "changed", "secret": True,
                                             "desired": "********", "live": "********"}
     assert not [i for i in items if i["where"] == "release"]  # the installed version is the pinned one
+    # the OS baseline never ran on the host: its firewall is off, without the role's rules
+    ufw = {i["key"]: (i["change"], i["desired"], i["live"]) for i in items if i["where"] == "ufw"}
+    assert ufw["Status"] == ("changed", "active", "inactive")
+    assert ufw["Default incoming"] == ("removed", "deny", None)  # an inactive UFW names no policy
+    assert ufw["ufw limit 22/tcp"] == ufw["ufw allow from 10.0.0.0/8 to any port 22 proto tcp"] == (
+        "removed", "present", None)
+    services = [i for i in items if i["where"] == "services"]
+    assert services == [{"where": "services", "key": "fail2ban", "change": "changed", "secret": False,
+                         "desired": "enabled", "live": "disabled"}]  # chrony: common_timesync_enabled is off
     assert "changed-by-hand" not in result.stdout + result.stderr
     assert not any(value in result.stdout + result.stderr for value in LIVE_SECRETS.values())
 
@@ -153,12 +170,16 @@ def test_pull_config_previews_then_adopts_the_live_values(env):
 
 def test_compliance_fails_exactly_the_checks_made_to_fail(env, tmp_path):
     # the parts of the OS baseline the checks judge
-    baseline = env.playbook("deploy.yml", "--tags", "ssh,firewall,fail2ban,upgrades")
+    baseline = env.playbook("deploy.yml", "--tags", "ssh,firewall,fail2ban,upgrades", "--limit", "shop")
     assert baseline.rc == 0, baseline.output
-    three_days_ago = "$(( $(date +%s) - 3 * 86400 ))"
+    drift = json.loads(env.script("drift", "--json", "--limit", "shop", "-i", str(env.inventory), check=False).stdout)
+    assert not [i for i in drift["shop"] if i["where"] in ("ufw", "services")], drift  # the role's rules, enabled
+    three_days_ago, two_days_ago = "$(( $(date +%s) - 3 * 86400 ))", "$(( $(date +%s) - 2 * 86400 ))"
     env.on("shop", "ufw disable && printf 'refapp_backup_last_success_timestamp_seconds %d\\n' "
-                   f"{three_days_ago} > /var/lib/prometheus/node-exporter/refapp_backup.prom")
-    result = env.playbook("compliance.yml", "-e", f"compliance_report_dir={tmp_path}")
+                   f"{three_days_ago} > /var/lib/prometheus/node-exporter/refapp_backup.prom && printf "
+                   "'refapp_restore_drill_last_attempt_success 1\\nrefapp_restore_drill_last_success_timestamp_seconds "
+                   f"%d\\n' {two_days_ago} > /var/lib/prometheus/node-exporter/refapp_restore_drill.prom")
+    result = env.playbook("compliance.yml", "-e", f"compliance_report_dir={tmp_path}", "--limit", "shop")
     assert result.rc == 0, result.output
     [json_report], [html_report] = tmp_path.glob("compliance-*.json"), tmp_path.glob("compliance-*.html")
     assert json_report.stem == html_report.stem
@@ -169,8 +190,50 @@ def test_compliance_fails_exactly_the_checks_made_to_fail(env, tmp_path):
     assert checks["app version"] == {"check": "app version", "status": "pass", "reason": "runs the pinned 1.0.0"}
     assert checks["SSH hardening"]["status"] == "pass"
     assert checks["secret age: app_api_token"]["status"] == "warn"  # imported: no rotation recorded
+    assert (checks["restore drill"]["status"], checks["restore drill"]["reason"]) == (
+        "pass", "last passed 2.0 d ago (limit 35 d)")
+    assert (checks["central monitoring"]["status"], checks["central monitoring"]["reason"]) == (
+        "warn", "tier 1; no central server in the inventory (group central)")
     html = html_report.read_text()
     assert '<td class="fail">FAIL</td><td>inactive</td>' in html.replace("\n", "")
     everything = result.output + json_report.read_text() + html
     assert not any(value in everything for value in LIVE_SECRETS.values())
     assert "changed-by-hand" not in everything
+
+
+def test_import_through_the_api_backs_up_then_proves_the_takeover(env, tmp_path):
+    address = env.fleet.hosts[1].address
+    runner_env = env_over(tmp_path, env.inventory, Path(env.env["FLEETDECK_VAULT_PASSWORD_FILE"]), env.env,
+                          catalog=PACKAGE_DIR / "actions.yml")
+    with in_process(runner_env), app_for(runner_env) as app:
+        client, auth = app.test_client(), runner_env.auth("provisioner")
+        body = {"name": "shop2", "domain": "shop2.example.test", "address": address}
+        unreadable = client.post("/v1/imports", json={**body, "env_file": "/etc/refapp/missing.env"}, headers=auth)
+        assert unreadable.status_code == 422, unreadable.get_json()
+        assert unreadable.get_json()["error"]["field"] == "env_file"
+        assert "cannot read env file /etc/refapp/missing.env" in unreadable.get_json()["error"]["message"]
+        assert not (env.inventory / "host_vars" / "shop2").exists()
+
+        response = client.post("/v1/imports", json=body, headers={**auth, "Idempotency-Key": "import-shop2"})
+        assert response.status_code == 202, response.get_json()
+        answer = response.get_json()
+        assert (answer["run"]["action"], answer["run"]["source"], answer["instance"]["pinned_version"]) == (
+            "backup", "import", VERSION)
+        replay = client.post("/v1/imports", json=body, headers={**auth, "Idempotency-Key": "import-shop2"})
+        assert replay.status_code == 200 and replay.get_json()["run"]["id"] == answer["run"]["id"]
+
+        def verdict():
+            audit = client.get("/v1/instances/shop2", headers=auth).get_json()["audit"]
+            return next((a for a in audit if a["what"] in ("instance.takeover_proven", "instance.takeover_failed")),
+                        None)
+
+        found = wait_until(verdict, timeout=900, interval=2)
+        assert found["what"] == "instance.takeover_proven", found
+        runs = client.get("/v1/runs?target=shop2", headers=auth).get_json()["runs"]
+        assert [(r["action"], r["check"], r["status"]) for r in reversed(runs)] == [
+            ("backup", False, "successful"), ("configure", True, "successful")]
+        assert runs[0]["hosts"]["shop2"]["changed"] == 0
+        assert env.secrets("shop2")["vault_app_db_password"] == LIVE_SECRETS["db"]
+        served = json.dumps([answer, client.get("/v1/instances/shop2", headers=auth).get_json()])
+        assert not any(value in served for value in LIVE_SECRETS.values())
+    assert list((Path(env.env["FLEETDECK_BACKUP_STORE"]) / "shop2").glob("*/manifest.json"))

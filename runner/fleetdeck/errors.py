@@ -11,3 +11,7 @@ class Refused(FleetdeckError):
     """The input is invalid or conflicts with what exists; nothing was written (exit status 2)."""
 
     exit_status = 2
+
+
+class Exists(Refused):
+    """An instance of that name is in the environment already."""

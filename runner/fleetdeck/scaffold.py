@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from fleetdeck import files, hostkeys, inventory, rekey, secrets_catalog, validate, vault
-from fleetdeck.errors import FleetdeckError, Refused
+from fleetdeck.errors import Exists, FleetdeckError
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "inventory" / "example"
@@ -50,7 +50,7 @@ def add_instance(env: str | Path, name: str, domain: str, address: str, *, tier:
         new_env = not (env / "hosts.yml").exists() and not (env.is_dir() and any(env.iterdir()))
         inv = None if new_env else inventory.load(env)
         if inv and inv.exists(name):
-            raise Refused(f"instance {name!r} already exists in {env} (hosts.yml or host_vars/{name})")
+            raise Exists(f"instance {name!r} already exists in {env} (hosts.yml or host_vars/{name})")
         password = vault.read_password()
         secrets = secrets_catalog.load(EXAMPLE if new_env else env)
         key_line = host_key if isinstance(host_key, str) else (

@@ -12,6 +12,9 @@
 5. Write the instance with fleetdeck.scaffold (all or nothing, the one way instances are created).
 6. Back up the instance (playbooks/backup.yml) unless --no-backup; then prove the takeover:
    `configure.yml --check --diff` must report no change on it.
+
+Steps 1-5 are adopt(), shared with POST /v1/imports (fleetdeck.service.imports), which runs step 6
+as the runner's backup and configure (check mode) runs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from fleetdeck import hostkeys, inventory, playbooks, scaffold, secrets_catalog, validate
-from fleetdeck.errors import FleetdeckError, Refused
+from fleetdeck.errors import Exists, FleetdeckError, Refused
 
 sys.path.append(str(scaffold.REPO / "collections"))
 from ansible_collections.fleetdeck.lifecycle.plugins.module_utils import config_files
@@ -76,19 +79,43 @@ class Mapped:
     passthrough_secrets: dict[str, str] = field(default_factory=dict)
 
 
+class ReadError(FleetdeckError):
+    """The instance cannot be read as asked; `field` names the input at fault (address or env_file)."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
 def import_instance(env: str | Path, name: str, address: str, domain: str, *, tier: int = 1, port: int = 22,
                     env_file: str | None = None, backup: bool = True) -> list[str]:
-    """Import the instance; returns the lines to show the operator (never a secret value)."""
+    """Import the instance, back it up and prove the takeover (scripts/import-instance); returns the lines
+    to show the operator (never a secret value)."""
+    env = Path(env).absolute()
+    report = adopt(env, name, address, domain, tier=tier, port=port, env_file=env_file)
+    if backup:
+        _playbook(env, "backup.yml", name, "the backup before the takeover")
+        report.append(f"{name}: backed up (playbooks/backup.yml)")
+    _playbook(env, "configure.yml", name, "the takeover check", "--check", "--diff")
+    report.append(f"{name}: configure.yml --check --diff changes nothing: taken over as it runs")
+    return report
+
+
+def adopt(env: str | Path, name: str, address: str, domain: str, *, tier: int = 1, port: int = 22,
+          env_file: str | None = None) -> list[str]:
+    """Steps 1-5: read the instance and write it into the environment; the server is not changed.
+    Returns what was written and how the keys were mapped (never a secret value)."""
     name, address, port = validate.instance_name(name), validate.address(address), validate.port(port)
+    env_file = validate.env_file(env_file) if env_file is not None else None
     env = Path(env).absolute()
     if (env / "hosts.yml").exists() and inventory.load(env).exists(name):
-        raise Refused(f"instance {name!r} already exists in {env}; import refuses to overwrite it")
+        raise Exists(f"instance {name!r} already exists in {env}; import refuses to overwrite it")
     profile_dir = env if (env / "group_vars").is_dir() else scaffold.EXAMPLE
     key_line = hostkeys.entry(address, port, hostkeys.fetch(address, port))
     live = _read_live(address, port, key_line, profile(profile_dir).get("app_name", "refapp"), env_file)
     if not live["version"]:
-        raise FleetdeckError(f"{address}: cannot tell the installed version (no VERSION next to the unit's "
-                             f"ExecStart {live['exec'] or '(none)'})")
+        raise ReadError(f"{address}: cannot tell the installed version (no VERSION next to the unit's "
+                        f"ExecStart {live['exec'] or '(none)'})", "address")
     values = live_values(address, live)
     mapped = map_keys({k: v for file_values in values.values() for k, v in file_values.items()},
                       profile(profile_dir), {s.name for s in secrets_catalog.load(profile_dir)})
@@ -100,15 +127,15 @@ def import_instance(env: str | Path, name: str, address: str, domain: str, *, ti
     report.append(f"{name}: version {live['version']}, {len(mapped.settings)} setting(s), {len(mapped.secrets)} "
                   f"catalog secret(s) into the vault, pass-through: {sorted(mapped.passthrough) or 'none'} "
                   f"(plain), {sorted(mapped.passthrough_secrets) or 'none'} (secret)")
-    if backup:
-        _playbook(env, "backup.yml", name, "the backup before the takeover")
-        report.append(f"{name}: backed up (playbooks/backup.yml)")
-    changed = _playbook(env, "configure.yml", name, "the takeover check", "--check", "--diff")
-    if changed:
-        raise FleetdeckError(f"{name} is in {env}, but configure.yml --check reports {changed} change(s) on it: "
-                             "the inventory does not reproduce the instance yet (see the diff above)")
-    report.append(f"{name}: configure.yml --check --diff changes nothing: taken over as it runs")
     return report
+
+
+def proof_failure(name: str, env: Path, changed: int) -> str | None:
+    """Why the takeover is not proven when configure.yml --check reports `changed` changes on the instance."""
+    if not changed:
+        return None
+    return (f"{name} is in {env}, but configure.yml --check reports {changed} change(s) on it: the inventory "
+            "does not reproduce the instance yet (see the diff of that run)")
 
 
 def map_keys(live: dict[str, str], profile: dict, catalog: set[str]) -> Mapped:
@@ -184,16 +211,17 @@ def read_live(address: str, port: int, known_hosts: Path, app_name: str, env_fil
     cmd += [f"{user}@{address}", command if user == "root" else f"sudo -n {command}"]
     proc = subprocess.run(cmd, input=READER, capture_output=True, text=True)
     if proc.returncode:
-        raise FleetdeckError(f"{address}: reading the instance over SSH failed (rc {proc.returncode}): "
-                             f"{proc.stderr.strip()[-400:]}")
+        raise ReadError(f"{address}: reading the instance over SSH failed (rc {proc.returncode}): "
+                        f"{proc.stderr.strip()[-400:]}", "address")
     live = json.loads(proc.stdout)
     if not live["loaded"]:
-        raise FleetdeckError(f"{address}: no systemd unit {app_name}.service (app_name of the profile)")
+        raise ReadError(f"{address}: no systemd unit {app_name}.service (app_name of the profile)", "address")
     if not live["files"]:
-        raise FleetdeckError(f"{address}: {app_name}.service names no EnvironmentFile; pass one with --env-file")
+        raise ReadError(f"{address}: {app_name}.service names no EnvironmentFile; pass one with --env-file",
+                        "env_file")
     for path, content in live["files"].items():
         if "error" in content:
-            raise FleetdeckError(f"{address}: cannot read env file {path}: {content['error']}")
+            raise ReadError(f"{address}: cannot read env file {path}: {content['error']}", "env_file")
     return live
 
 
@@ -206,7 +234,7 @@ def _parse(address: str, path: str, content: dict) -> dict[str, str]:
     try:
         return config_files.parse_env(content["text"])
     except config_files.ConfigFileError as exc:
-        raise FleetdeckError(f"{address}: env file {path}: {exc}") from None
+        raise ReadError(f"{address}: env file {path}: {exc}", "env_file") from None
 
 
 def profile(env: Path) -> dict:
@@ -220,12 +248,15 @@ def profile(env: Path) -> dict:
     return merged
 
 
-def _playbook(env: Path, playbook: str, name: str, what: str, *args: str) -> int:
-    """Run a playbook on the one instance, showing its output; returns its changed count, raises when it fails."""
+def _playbook(env: Path, playbook: str, name: str, what: str, *args: str) -> None:
+    """Run a playbook on the one instance, showing its output; raises when it fails, or, run with --check,
+    when it would change the instance."""
     proc, changed = playbooks.run(env, playbook, "--limit", name, *args)
     print(proc.stdout, end="", flush=True)
     if proc.returncode or name not in changed:
         print(proc.stderr, end="", file=sys.stderr)
         raise FleetdeckError(f"{what} (playbooks/{playbook}) failed on {name} (rc {proc.returncode}); "
                              f"{name} is already in {env}: fix the cause and run the playbook again")
-    return changed[name]
+    failure = proof_failure(name, env, changed[name]) if "--check" in args else None
+    if failure:
+        raise FleetdeckError(failure)

@@ -73,6 +73,13 @@ def features(value: object) -> list[str]:
     return sorted(set(value))
 
 
+def env_file(value: str) -> str:
+    """An absolute path on the instance, without whitespace or control characters."""
+    if not value.startswith("/") or len(value) > 4096 or any(c.isspace() or not c.isprintable() for c in value):
+        raise Refused(f"env file {value!r} must be an absolute path without whitespace or control characters")
+    return value
+
+
 def port(value: int) -> int:
     if not 1 <= value <= 65535:
         raise Refused(f"port {value} is outside 1-65535")

@@ -90,6 +90,12 @@ def _make_env(base: Path, tree: dict, hosts: list[str], password_file: Path, ans
             {"vault_app_secret": host_secrets[host]},
             vault.read_password(password_file),
         )
+    return env_over(base, inventory, password_file, ansible_env, host_secrets)
+
+
+def env_over(base: Path, inventory: Path, password_file: Path, ansible_env: dict, host_secrets: dict | None = None,
+             catalog: Path = CATALOG) -> RunnerEnv:
+    """Tokens and settings of a runner over an existing environment directory."""
     tokens = {name: secrets.token_urlsafe(32) for name in SCOPES}
     env = {
         "FLEETDECK_RUNNER_TOKENS": json.dumps(
@@ -98,11 +104,11 @@ def _make_env(base: Path, tree: dict, hosts: list[str], password_file: Path, ans
         "FLEETDECK_PROJECT_DIR": str(REPO),
         "FLEETDECK_INVENTORY": str(inventory),
         "FLEETDECK_RUNNER_DATA_DIR": str(base / "data"),
-        "FLEETDECK_CATALOG": str(CATALOG),
+        "FLEETDECK_CATALOG": str(catalog),
         "FLEETDECK_RUNNER_CANCEL_GRACE": "3",
         **ansible_env,
     }
-    return RunnerEnv(base, inventory, password_file, tokens, host_secrets, env)
+    return RunnerEnv(base, inventory, password_file, tokens, host_secrets or {}, env)
 
 
 @contextmanager

@@ -174,3 +174,29 @@ def test_fleet_and_instance_pages_show_the_probe_the_matrix_and_the_backups(app,
     instance = client.get("/ui/instances/local-1", base_url=HTTPS).get_data(as_text=True)
     assert 'id="health"' in instance and 'id="running-version"' in instance
     assert 'id="backups"' in instance and "none in the controller" in instance and 'id="release-history"' in instance
+
+
+def test_fleet_page_shows_the_last_drift_and_the_instance_page_links_the_compliance_report(app, env):
+    client = signed_in(app, "viewer")
+    assert client.get("/ui/instances/local-2/compliance", base_url=HTTPS).get_data(as_text=True).count(
+        'id="no-report"') == 1
+    for action in ("drift", "compliance"):
+        run = client.post("/v1/runs", json={"action": action, "target": "testfleet"},
+                          headers=env.auth("admin")).get_json()
+        wait_until(lambda r=run: client.get(f"/v1/runs/{r['id']}", headers=env.auth()).get_json()["status"]
+                   == "successful")
+    fleet = client.get("/ui/", base_url=HTTPS).get_data(as_text=True)
+    cells = dict(re.findall(r'data-instance="([^"]+)">.*?<td class="drift">(.*?)</td>', fleet, re.S))
+    assert ">1 key(s)</a>" in cells["local-1"] and "REFAPP_LOG_LEVEL changed" in cells["local-1"]
+    assert ">none</a>" in cells["local-2"]
+    assert client.get("/v1/instances/local-1", headers=env.auth()).get_json()["drift"]["items"] == [
+        {"where": "/etc/refapp/refapp.env", "key": "REFAPP_LOG_LEVEL", "change": "changed"}]
+    instance = client.get("/ui/instances/local-2", base_url=HTTPS).get_data(as_text=True)
+    assert 'href="/ui/instances/local-2/compliance" id="compliance-link"' in instance
+    report = client.get("/ui/instances/local-2/compliance", base_url=HTTPS).get_data(as_text=True)
+    rows = re.findall(r'<tr class="result-(\w+)"><td>(.*?)</td><td>.*?</td><td>(.*?)</td></tr>', report)
+    assert rows == [("fail", "firewall (UFW)", "inactive"), ("pass", "last backup", "2.0 h ago (limit 26 h)"),
+                    ("warn", "leaky", "********")]
+    assert env.secrets["local-2"] not in report
+    assert client.get("/v1/instances/local-2/compliance", headers=env.auth()).get_json()["compliance"]["checks"][0] \
+        == {"check": "firewall (UFW)", "status": "fail", "reason": "inactive"}

@@ -111,6 +111,49 @@ def test_without_a_deploy_action_nothing_is_provisioned(client, env):
     assert snapshot(env) == before
 
 
+IMPORT = {"name": "shop", "domain": "shop.example.com", "address": "127.0.0.1", "port": 1}
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"name": "Shop"}, "name", "must start with a lowercase letter"),
+    ({"domain": "shop"}, "domain", "single label"),
+    ({"address": "10.0.0.300"}, "address", "neither an IPv4/IPv6 address"),
+    ({"env_file": "refapp.env"}, "env_file", "must be an absolute path"),
+    ({"env_file": "/etc/refapp/a b.env"}, "env_file", "without whitespace"),
+    ({"backup": "no"}, "backup", "true or false"),
+    ({"port": 0}, "port", "outside 1-65535"),
+    ({"tier": 3}, "tier", "must be one of 1, 2"),
+    ({"canary": True}, "canary", "unknown field"),
+])
+def test_import_names_the_bad_field_and_writes_nothing(real_catalog_app, env, change, field, words):
+    before = snapshot(env)
+    response = real_catalog_app.test_client().post("/v1/imports", json={**IMPORT, **change},
+                                                   headers=env.auth("provisioner"))
+    assert words in field_error(response, field)
+    assert snapshot(env) == before
+
+
+def test_import_refuses_an_existing_name_before_connecting_and_an_unreachable_address(real_catalog_app, env):
+    client = real_catalog_app.test_client()
+    before = snapshot(env)
+    exists = client.post("/v1/imports", json={**IMPORT, "name": "local-1"}, headers=env.auth("provisioner"))
+    assert "refuses to overwrite it" in field_error(exists, "name", "instance_exists", 409)
+    unreachable = client.post("/v1/imports", json=IMPORT, headers=env.auth("provisioner"))
+    assert "cannot reach 127.0.0.1 port 1" in field_error(unreachable, "address", "host_unreachable")
+    missing = client.post("/v1/imports", json={"name": "shop"}, headers=env.auth("provisioner")).get_json()
+    assert missing["error"]["fields"] == {"domain": "domain: required", "address": "address: required"}
+    assert snapshot(env) == before
+    assert client.get("/v1/instances/shop", headers=env.auth()).status_code == 404
+
+
+def test_import_needs_the_provision_scope_and_the_backup_and_configure_actions(client, real_catalog_app, env):
+    denied = real_catalog_app.test_client().post("/v1/imports", json=IMPORT, headers=env.auth("operator"))
+    assert denied.status_code == 403 and denied.get_json()["error"]["code"] == "forbidden"
+    unavailable = client.post("/v1/imports", json=IMPORT, headers=env.auth("provisioner")).get_json()
+    assert unavailable["error"] == {"code": "action_unavailable", "message": "the runner's catalog has no configure "
+                                    "or backup action: cannot import"}
+
+
 @pytest.mark.parametrize(("caller", "method", "path"), [
     ("reader", "post", "/v1/instances"),
     ("operator", "post", "/v1/instances"),

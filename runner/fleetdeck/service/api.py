@@ -1,4 +1,4 @@
-"""/v1: runs, their events (JSON pages and Server-Sent Events), cancel, actions, instances."""
+"""/v1: runs, their events (JSON pages and Server-Sent Events), cancel, actions, instances (and their import)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
-from . import provisioning, runs
+from . import imports, provisioning, runs
 from .auth import require
 from .body import json_object
 from .context import service
@@ -180,10 +180,28 @@ def create_instance():
     return response
 
 
+@bp.post("/imports")
+@require("provision")
+def import_instance():
+    instance, run, created = imports.start(
+        service(), json_object(request), g.token.name, request.headers.get("Idempotency-Key")
+    )
+    response = jsonify({"instance": instance, "run": run})
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/v1/instances/{instance['name']}"
+    return response
+
+
 @bp.get("/instances/<name>")
 @require("read")
 def get_instance(name: str):
     return jsonify(provisioning.detail(service(), name))
+
+
+@bp.get("/instances/<name>/compliance")
+@require("read")
+def instance_compliance(name: str):
+    return jsonify({"compliance": provisioning.compliance(service(), name)})
 
 
 @bp.patch("/instances/<name>")

@@ -8,7 +8,7 @@ from flask import Flask, request
 
 from fleetdeck import vault
 
-from . import api, console, console_session, errors, health, hooks, provisioning
+from . import api, console, console_session, errors, health, hooks, imports, provisioning
 from .catalog import Catalog
 from .config import Settings, from_env
 from .context import Service
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics.finished(run)
         app.extensions["fleetdeck"].probes.forget(run["instances"])
         provisioning.finished(app.extensions["fleetdeck"], run)
+        imports.finished(app.extensions["fleetdeck"], run)
 
     executor = Executor(
         settings, store, catalog, password_file if password_file.is_file() else None, finished

@@ -4,6 +4,8 @@ exist. Sign-in, CSRF and headers: console_session.py."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
 
 from . import api, console_session, provisioning, runs
@@ -95,6 +97,13 @@ def instance(name: str):
     actions = {a: p for a, p in INSTANCE_ACTIONS.items() if a in svc.catalog.actions and _may(runs.scope(a))}
     return render_template("console/instance.html", i=detail, actions=actions,
                            message=session.pop("message", None), diff=session.pop("diff", None))
+
+
+@bp.get("/instances/<name>/compliance")
+def compliance(name: str):
+    report = provisioning.compliance(service(), name)
+    finished = report and datetime.fromtimestamp(report["finished"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return render_template("console/compliance.html", name=name, report=report, finished=finished)
 
 
 @bp.post("/instances/<name>/runs")

@@ -25,15 +25,17 @@ CREATE_FIELDS = {"name": str, "domain": str, "address": str, "tier": int, "canar
 CREATE_REQUIRED = ("name", "domain", "address")
 CHECKS = {"name": validate.instance_name, "domain": validate.domain, "address": validate.address,
           "tier": validate.tier, "version": validate.version, "port": validate.port, "features": validate.features,
-          "hold_reason": instance_edit.hold_reason}
+          "hold_reason": instance_edit.hold_reason, "env_file": validate.env_file}
 CHANGE_FIELDS = {"tier": int, "canary": bool, "features": list, "hold": bool, "hold_reason": str}
 RECENT = 10
 MANIFEST_TIME = "%Y-%m-%dT%H:%M:%SZ"  # finished_at in a backup's manifest.json (roles/backup/templates/backup.sh.j2)
 ROLLOUTS = ("canary_upgrade", "upgrade", "update_binary")  # the actions that move instances to a new version
-_creating = threading.Lock()  # one creation at a time: the idempotency check and the write go together
+creating = threading.Lock()  # one creation at a time: the idempotency check and the write go together
+# The facts the drift and compliance roles leave on each instance, read back from those actions' runs.
+DRIFT_FACT, COMPLIANCE_FACT = "drift_items", "compliance_checks"
 
 
-def _field_errors(body: dict, fields: dict[str, type], required: tuple[str, ...]) -> dict[str, str]:
+def field_errors(body: dict, fields: dict[str, type], required: tuple[str, ...]) -> dict[str, str]:
     errors = {f: f"{f}: unknown field; allowed: {', '.join(fields)}" for f in body if f not in fields}
     errors |= {f: f"{f}: required" for f in required if f not in body}
     for field, kind in fields.items():
@@ -54,7 +56,7 @@ def _kind(kind: type) -> str:
     return {str: "a string", int: "an integer", bool: "true or false", list: "a list"}[kind]
 
 
-def _refuse(errors: dict[str, str]) -> None:
+def refuse(errors: dict[str, str]) -> None:
     if errors:
         raise ApiError(422, "invalid_field", "; ".join(errors.values()), field=next(iter(errors)), fields=errors)
 
@@ -65,8 +67,8 @@ def create(svc: Service, body: dict, operator: str, idempotency_key: str | None,
     `source`: where the request came from (api, console), recorded on the run."""
     if "deploy" not in svc.catalog.actions:
         raise ApiError(404, "action_unavailable", "the runner's catalog has no deploy action: cannot provision")
-    _refuse(_field_errors(body, CREATE_FIELDS, CREATE_REQUIRED))
-    with _creating:
+    refuse(field_errors(body, CREATE_FIELDS, CREATE_REQUIRED))
+    with creating:
         if idempotency_key is not None:
             earlier = runs.replay(svc, operator, idempotency_key, body)
             if earlier is not None:
@@ -205,6 +207,7 @@ def _row(svc: Service, inv: inventory.Inventory, name: str, probe: Probe | None)
         "state": _state(last, held, probe, settings.get("app_version")),
         "last_run": {k: last[k] for k in ("id", "action", "status", "check", "finished")} if last else None,
         "last_backup_age_seconds": _last_backup_age(svc, name, backup),
+        "drift": _last_drift(svc, name),
     }
 
 
@@ -242,9 +245,29 @@ def _state(last: dict | None, held: bool, probe: Probe | None, pinned: str | Non
     return "warning"
 
 
+def _last_drift(svc: Service, name: str) -> dict | None:
+    """The instance's drifted keys in the newest drift run (items None: it was not compared); no values."""
+    last = svc.store.last_fact(name, "drift", DRIFT_FACT)
+    if last is None:
+        return None
+    run, items = last
+    return {"run_id": run["id"], "finished": run["finished"],
+            "items": None if items is None else [{k: i[k] for k in ("where", "key", "change")} for i in items]}
+
+
+def compliance(svc: Service, name: str) -> dict | None:
+    """The instance's checks in the newest compliance run (checks None: it was not checked)."""
+    instance(svc, name)
+    last = svc.store.last_fact(name, "compliance", COMPLIANCE_FACT)
+    if last is None:
+        return None
+    run, checks = last
+    return {"run_id": run["id"], "finished": run["finished"], "status": run["status"], "checks": checks}
+
+
 def change(svc: Service, name: str, body: dict, operator: str) -> dict:
     """Apply a PATCH; the instance afterwards and the diff recorded in the audit trail."""
-    _refuse(_field_errors(body, CHANGE_FIELDS, ()))
+    refuse(field_errors(body, CHANGE_FIELDS, ()))
     if not body:
         raise ApiError(422, "invalid_field", f"nothing to change; send one of {', '.join(CHANGE_FIELDS)}")
     instance(svc, name)

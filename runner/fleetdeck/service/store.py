@@ -232,6 +232,21 @@ class Store:
                "ORDER BY seq DESC LIMIT ?")
         return [_run_row(r) for r in self._query(sql, (f'%"{instance}"%', *statuses, limit))]
 
+    def last_fact(self, instance: str, action: str, fact: str) -> tuple[dict, object] | None:
+        """The newest finished run of `action` over `instance` and the value a task of it set as the fact `fact`
+        on the instance (None: no task did, e.g. the instance was unreachable); None without such a run."""
+        marks = ",".join("?" * len(FINISHED))
+        sql = (f"SELECT {RUN_COLUMNS} FROM runs WHERE action = ? AND instances LIKE ? "  # noqa: S608
+               f"AND status IN ({marks}) ORDER BY seq DESC LIMIT 1")
+        rows = self._query(sql, (action, f'%"{instance}"%', *FINISHED))
+        if not rows:
+            return None
+        run = _run_row(rows[0])
+        events = self._query("SELECT data FROM events WHERE run_id = ? AND host = ? AND type = 'runner_on_ok' "
+                             "AND data LIKE ? ORDER BY seq DESC LIMIT 1", (run["id"], instance, f'%"{fact}"%'))
+        facts = json.loads(events[0][0]).get("res", {}).get("ansible_facts", {}) if events else {}
+        return run, facts.get(fact)
+
     def idempotent_run(self, token: str, key: str) -> tuple[str, str] | None:
         """(request digest, run id) recorded for this token's idempotency key, if any."""
         rows = self._query("SELECT body_sha256, run_id FROM idempotency WHERE token = ? AND key = ?", (token, key))
