@@ -288,8 +288,8 @@ def test_timers_run_the_backup_and_the_restore_drill_on_the_inventory_schedule(d
     # Back to the inventory's defaults: daily backups, weekly drills, with a randomized delay.
     result = deployment.playbook("deploy.yml", "--tags", "backup", "--limit", host)
     assert result.rc == 0, result.output
-    deployment.on(host, "while systemctl -q is-active refapp-backup.service refapp-backup-drill.service; "
-                        "do sleep 1; done; true")
+    deployment.on(host, "while systemctl show -p ActiveState --value refapp-backup.service "
+                        "refapp-backup-drill.service | grep -q activating; do sleep 1; done")
     assert deployment.main_pid(host) == pid and content(deployment, host) == live
     timers = deployment.on(host, "systemctl show refapp-backup.timer refapp-backup-drill.timer -p TimersCalendar "
                                  "-p RandomizedDelayUSec -p ActiveState -p UnitFileState")
@@ -323,8 +323,7 @@ def test_a_scheduled_backup_and_a_restore_never_overlap(deployment):
     deployment.on(host, "systemctl start --no-block " + unit)
     restore = deployment.playbook_finished(run)
     assert restore.rc == 0, restore.output
-    deployment.on(host, f"while systemctl -q is-active {unit} || systemctl show -p ActiveState {unit} | "
-                        "grep -q activating; do sleep 1; done")
+    deployment.on(host, f"while systemctl show -p ActiveState --value {unit} | grep -q activating; do sleep 1; done")
     journal = deployment.on(host, f"journalctl -u {unit} --since @{since} -o cat")
     assert "the instance is held by" in journal and '"Restore instances from a backup"' in journal, journal
     assert "the scheduled backup waits until it is released" in journal
