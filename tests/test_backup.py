@@ -258,16 +258,18 @@ def test_offsite_copies_go_to_each_instances_own_encrypted_repository(deployment
     assert metrics(deployment, "inst1", "refapp_backup_check")["refapp_backup_offsite_check_last_attempt_success"] == 1
 
 
-def test_timer_runs_the_backup_on_the_inventory_schedule(deployment):
+def test_timers_run_the_backup_and_the_restore_drill_on_the_inventory_schedule(deployment):
     host = "inst3"
-    before = backups_on(deployment, host)
+    before, pid, live = backups_on(deployment, host), deployment.main_pid(host), content(deployment, host)
     started = float(deployment.on(host, "date +%s"))
     result = deployment.playbook("deploy.yml", "--tags", "backup", "--limit", host,
-                                 "-e", "backup_schedule=*:*:0/10", "-e", "backup_schedule_randomized_delay=0")
+                                 "-e", "backup_schedule=*:*:0/10", "-e", "backup_drill_schedule=*:*:5/10",
+                                 "-e", "backup_schedule_randomized_delay=0")
     assert result.rc == 0, result.output
-    # Wait for the timer's run to finish (the oneshot service back to inactive after a new backup).
-    deployment.on(host, "for i in $(seq 60); do n=$(journalctl -u refapp-backup.service -o cat | grep -c "
-                        "'copied off-site to'); [ \"$n\" -ge 1 ] && break; sleep 1; done")
+    # Wait for a run of each timer (each oneshot service logs its result to the journal).
+    for unit, done in (("refapp-backup", "copied off-site to"), ("refapp-backup-drill", "restore drill of backup")):
+        deployment.on(host, f"for i in $(seq 90); do journalctl -u {unit}.service -o cat | grep -q '{done}' "
+                            "&& break; sleep 1; done")
     journal = deployment.on(host, "journalctl -u refapp-backup.service -o cat")
     new = [b for b in backups_on(deployment, host) if b not in before]
     assert new and f"backup {new[0]} of {host}: /var/backups/refapp/{new[0]}" in journal, journal
@@ -275,15 +277,61 @@ def test_timer_runs_the_backup_on_the_inventory_schedule(deployment):
     assert metrics(deployment, host)["refapp_backup_last_success_timestamp_seconds"] >= started
     assert metrics(deployment, host, "refapp_backup_offsite")["refapp_backup_offsite_last_success_timestamp_seconds"] \
         >= started
-    # Back to the inventory's default: daily, with a randomized delay.
+    # The scheduled drill takes the latest backup from off-site (the instance's repository) and leaves the live
+    # instance alone.
+    drills = deployment.on(host, "journalctl -u refapp-backup-drill.service -o cat")
+    assert f"of {host} passed: checksums verified, restored into refapp_drill" in drills, drills
+    assert "restic" in drills or "restoring" in drills.lower(), drills  # fetched from the repository
+    drill = metrics(deployment, host, "refapp_restore_drill")
+    assert drill["refapp_restore_drill_last_attempt_success"] == 1
+    assert drill["refapp_restore_drill_last_success_timestamp_seconds"] >= started
+    # Back to the inventory's defaults: daily backups, weekly drills, with a randomized delay.
     result = deployment.playbook("deploy.yml", "--tags", "backup", "--limit", host)
     assert result.rc == 0, result.output
-    timer = deployment.on(host, "systemctl show refapp-backup.timer -p TimersCalendar -p RandomizedDelayUSec "
-                                "-p ActiveState -p UnitFileState")
-    assert "OnCalendar=*-*-* 00:00:00" in timer and "RandomizedDelayUSec=1h" in timer
-    assert "ActiveState=active" in timer and "UnitFileState=enabled" in timer
+    deployment.on(host, "while systemctl show -p ActiveState --value refapp-backup.service "
+                        "refapp-backup-drill.service | grep -q activating; do sleep 1; done")
+    assert deployment.main_pid(host) == pid and content(deployment, host) == live
+    timers = deployment.on(host, "systemctl show refapp-backup.timer refapp-backup-drill.timer -p TimersCalendar "
+                                 "-p RandomizedDelayUSec -p ActiveState -p UnitFileState")
+    assert "OnCalendar=*-*-* 00:00:00" in timers and "OnCalendar=Mon *-*-* 00:00:00" in timers, timers
+    assert timers.count("RandomizedDelayUSec=1h") == 2
+    assert timers.count("ActiveState=active") == 2 and timers.count("UnitFileState=enabled") == 2
     again = deployment.playbook("deploy.yml", "--tags", "backup", "--limit", host)
     assert again.rc == 0 and again.changed()[host] == 0, again.output
+
+
+def test_a_scheduled_backup_and_a_restore_never_overlap(deployment):
+    """Both go through the backup script's lock: a restore waits for a running timer backup (and restores
+    it), a timer backup that fires during a restore waits until the restore has given the instance back."""
+    host = "inst1"
+    unit = "refapp-backup.service"  # what refapp-backup.timer starts
+    # The timer's backup, held up in pg_dump by a lock on the items table for a few seconds.
+    deployment.on(host, "systemd-run --unit=hold-items --collect runuser -u postgres -- psql -d refapp -c "
+                        "'begin; lock table items in access exclusive mode; select pg_sleep(12); commit'")
+    deployment.on(host, "sleep 1; systemctl start --no-block " + unit)
+    deployment.on(host, "for i in $(seq 20); do flock -n /run/refapp-backup.lock true || break; sleep 0.5; done")
+    assert deployment.on(host, f"systemctl is-active {unit}", check=False).strip() == "activating"
+    restore = deployment.playbook("restore.yml", "--limit", host, "-e", "backup_source=host")
+    assert restore.rc == 0, restore.output
+    made = backups_on(deployment, host)[-1]
+    assert f"backup {made} of {host}: " in deployment.on(host, f"journalctl -u {unit} -o cat")
+    assert f"restored backup {made} of {host}" in " ".join(restore.output.split())  # the one the timer made
+
+    since = deployment.on(host, "date +%s").strip()
+    run = deployment.start("restore.yml", "--limit", host, "-e", "backup_source=host")
+    deployment.on(host, "for i in $(seq 120); do test -e /var/lib/fleetdeck/lock.json && break; sleep 0.5; done")
+    deployment.on(host, "systemctl start --no-block " + unit)
+    restore = deployment.playbook_finished(run)
+    assert restore.rc == 0, restore.output
+    deployment.on(host, f"while systemctl show -p ActiveState --value {unit} | grep -q activating; do sleep 1; done")
+    journal = deployment.on(host, f"journalctl -u {unit} --since @{since} -o cat")
+    assert "the instance is held by" in journal and '"Restore instances from a backup"' in journal, journal
+    assert "the scheduled backup waits until it is released" in journal
+    switched = deployment.on(host, "date -u -d \"$(systemctl show -p ExecMainStartTimestamp --value refapp)\" "
+                                   "+%Y%m%dT%H%M%SZ").strip()
+    waited = backups_on(deployment, host)[-1]
+    assert waited >= switched and f"backup {waited} of {host}: " in journal, (waited, switched, journal)
+    assert deployment.health(host)["status"] == "ok"
 
 
 def test_offsite_failures_keep_the_local_backup_and_earlier_snapshots(deployment):

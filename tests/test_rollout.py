@@ -121,7 +121,9 @@ def test_rollback_across_the_migration_needs_the_paired_backup_and_stays(deploym
     refused = deployment.playbook("rollback.yml", "--limit", "inst2")
     assert refused.rc != 0 and refused.changed() == {"inst2": 0}
     assert "inst2: rolling back from 1.1.0 to 1.0.0 crosses the schema migration" in refused.output
-    assert "1.1.0 ships no down-migration" in refused.output and "Nothing was changed" in refused.output
+    said = " ".join(refused.output.split())
+    assert "-e rollback_down_migration=true (runs 1.1.0's bin/refapp-migrate-down; rows written since are kept)" \
+        in said and "Nothing was changed" in said
     assert deployment.main_pid("inst2") == pid and deployment.health("inst2")["version"] == "1.1.0"
 
     result = deployment.playbook("rollback.yml", "--limit", "inst2", "-e", "rollback_restore_data=true")
@@ -138,6 +140,32 @@ def test_rollback_across_the_migration_needs_the_paired_backup_and_stays(deploym
     missing = deployment.playbook("rollback.yml", "--limit", "inst2", "-e", "app_rollback_version=9.9.9")
     assert missing.rc != 0
     assert "cannot roll back to 9.9.9; releases kept here: 1.0.0, 1.1.0" in missing.output
+
+
+def test_rollback_across_the_migration_with_the_releases_down_migration_keeps_new_rows(deployment):
+    """inst3's 1.1.0 ships a down-migration: asking for it and the paired backup at once is refused; the
+    down-migration takes the schema back to 1.0.0's and keeps the rows written since the upgrade."""
+    deployment.api("inst3", "POST", "/items", '{"name": "written after the upgrade"}')
+    pid = deployment.main_pid("inst3")
+    both = deployment.playbook("rollback.yml", "--limit", "inst3", "-e", "rollback_down_migration=true",
+                               "-e", "rollback_restore_data=true")
+    assert both.rc != 0 and both.changed() == {"inst3": 0}
+    assert "Choose ONE of -e rollback_down_migration=true" in " ".join(both.output.split()), both.output
+    assert deployment.main_pid("inst3") == pid and deployment.health("inst3")["schema"] == 2
+
+    result = deployment.playbook("rollback.yml", "--limit", "inst3", "-e", "rollback_down_migration=true")
+    assert result.rc == 0, result.output
+    health = deployment.health("inst3")
+    assert (health["status"], health["version"], health["schema"]) == ("ok", "1.0.0", 1)
+    names = deployment.on("inst3", "runuser -u postgres -- psql -d refapp -Atc "
+                                   "'select name from items order by id'").split("\n")
+    assert names[:2] == ["Kept Through Upgrades", "written after the upgrade"], names
+    columns = deployment.on("inst3", "runuser -u postgres -- psql -d refapp -Atc \"select column_name from "
+                                     "information_schema.columns where table_name = 'items'\"").split()
+    assert sorted(columns) == ["created_at", "id", "name"]  # slug, added by 1.1.0's migration, is gone
+    deployment.api("inst3", "POST", "/items", '{"name": "written by 1.0.0 again"}')
+    again = deployment.playbook("rollback.yml", "--limit", "inst3")
+    assert again.rc == 0 and again.changed() == {"inst3": 0}, again.output
 
 
 def test_upgrade_check_mode_changes_nothing(deployment):

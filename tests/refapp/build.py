@@ -43,6 +43,11 @@ from refapp.cli import main
 
 sys.exit(main())
 """
+# bin/refapp-migrate-down, only in a release that ships down-migrations (deployers test for the file).
+DOWN_LAUNCHER = """\
+#!/bin/sh
+exec "$(dirname "$(readlink -f "$0")")/refapp" migrate-down "$@"
+"""
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,14 @@ class Manifest:
     migrations: tuple[int, ...]  # numbers of the migrations shipped in lib/refapp/migrations
     schema: int  # schema level the release requires to report healthy
     faults: tuple[str, ...] = ()  # deliberate defects of the release (see refapp/server.py)
+    # Migrations this release can undo (migrations/NNNN_*.down.sql, run by bin/refapp-migrate-down); a release
+    # with none ships no down-migration at all.
+    down: tuple[int, ...] = ()
 
 
 RELEASES = {
     "1.0.0": Manifest(migrations=(1,), schema=1),
-    "1.1.0": Manifest(migrations=(1, 2), schema=2),
+    "1.1.0": Manifest(migrations=(1, 2), schema=2, down=(2,)),
     # Deliberately broken: the code was bumped to require schema 3, but migration 0003 never
     # got written, so /health keeps failing. Used to exercise canary rollback.
     "1.2.0": Manifest(migrations=(1, 2), schema=3),
@@ -103,7 +111,8 @@ def source_files(manifest: Manifest) -> dict[str, bytes]:
         rel = path.relative_to(SOURCE)
         if path.is_dir() or "__pycache__" in rel.parts or path.suffix == ".pyc":
             continue
-        if rel.parts[0] == "migrations" and int(path.name[:4]) not in manifest.migrations:
+        shipped = manifest.down if path.name.endswith(".down.sql") else manifest.migrations
+        if rel.parts[0] == "migrations" and int(path.name[:4]) not in shipped:
             continue
         files[f"refapp/{rel.as_posix()}"] = path.read_bytes()
     return files
@@ -116,6 +125,7 @@ def _tarball(version: str, manifest: Manifest, vendored: dict[str, bytes]) -> by
     members = {
         "VERSION": (version + "\n").encode(),
         "bin/refapp": LAUNCHER.encode(),
+        **({"bin/refapp-migrate-down": DOWN_LAUNCHER.encode()} if manifest.down else {}),
         **{f"lib/{name}": data for name, data in vendored.items()},
         **{f"lib/{name}": data for name, data in source_files(manifest).items()},
         "lib/refapp/release.json": release_json.encode(),
@@ -137,7 +147,7 @@ def _tarball(version: str, manifest: Manifest, vendored: dict[str, bytes]) -> by
                 tar.addfile(info(name, tarfile.DIRTYPE, 0o755))
             else:
                 data = members[name]
-                mode = 0o755 if name == "bin/refapp" else 0o644
+                mode = 0o755 if name.startswith("bin/") else 0o644
                 tar.addfile(info(name, tarfile.REGTYPE, mode, len(data)), io.BytesIO(data))
     compressed = io.BytesIO()
     # filename="" and mtime=0 keep the gzip header free of build-time details.

@@ -248,7 +248,10 @@ def test_build_is_reproducible_and_checksummed(tmp_path):
             expected = {"1.0.0": ["0001_create_items.sql"]}.get(
                 version, ["0001_create_items.sql", "0002_items_slug.sql"]
             )
-            assert migrations == expected
+            down = ["0002_items_slug.down.sql"] if version == "1.1.0" else []
+            assert migrations == sorted(expected + down)
+            # Only a release that can undo its migrations ships the down-migration command.
+            assert (f"{top}/bin/refapp-migrate-down" in names) == bool(down)
 
 
 def test_signed_build_carries_a_verifiable_signature_of_each_checksum_file(tmp_path):
@@ -451,6 +454,28 @@ def test_upgrade_backfills_and_rollback_stays_healthy(releases, make_env, databa
             "after rollback",
         ]
     assert run(releases["1.0.0"], "migrate", env).stdout == "nothing to apply; schema level 2\n"
+
+
+def test_down_migration_returns_to_the_previous_schema_keeping_rows(releases, make_env, database, postgres, tmp_path):
+    env = make_env(database)
+    assert run(releases["1.0.0"], "migrate", env).returncode == 0
+    assert run(releases["1.1.0"], "migrate", env).stdout == "applied 0002_items_slug\n"
+    with serving(releases["1.1.0"], env, tmp_path / "serve.log") as app:
+        assert app.call("POST", "/items", token=TOKEN, body={"name": "New in 1.1"})[0] == 201
+
+    down = releases["1.1.0"].with_name("refapp-migrate-down")
+    result = subprocess.run([str(down)], env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "reverted 0002_items_slug\nschema level 1\n"), result.stderr
+    assert postgres.query(database, "SELECT name FROM items") == [["New in 1.1"]]
+    assert postgres.query(database, "SELECT max(version) FROM schema_migrations") == [[1]]
+    again = subprocess.run([str(down)], env=env, capture_output=True, text=True, timeout=60)
+    assert (again.returncode, again.stdout) == (0, "nothing to revert; schema level 1\n")
+    with serving(releases["1.0.0"], env, tmp_path / "serve.log") as app:
+        status, _, health = app.call("GET", "/health")
+        assert (status, health["version"], health["schema"]) == (200, "1.0.0", 1)
+    # A release without down-migrations undoes nothing.
+    assert run(releases["1.1.0"], "migrate", env).returncode == 0
+    assert run(releases["1.4.0"], "migrate-down", env).stdout == "nothing to revert; schema level 2\n"
 
 
 def test_failed_migration_rolls_back_and_exits_nonzero(releases, make_env, database, postgres):

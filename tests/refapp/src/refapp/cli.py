@@ -1,4 +1,4 @@
-"""Command line: `refapp serve | migrate | version`."""
+"""Command line: `refapp serve | migrate | migrate-down | version`."""
 
 import argparse
 import logging
@@ -43,11 +43,11 @@ def serve() -> int:
     return 0
 
 
-def migrate() -> int:
+def migrate(down: bool = False) -> int:
     cfg = load(os.environ, DB_REQUIRED)
     current = release.current()
     try:
-        applied = db.migrate(cfg, report=print)
+        applied = (db.migrate_down if down else db.migrate)(cfg, report=print)
         with closing(db.connect(cfg)) as conn:
             level = db.schema_level(conn)
     except db.MigrationError as exc:
@@ -61,8 +61,10 @@ def migrate() -> int:
         )
         return 1
     if not applied:
-        print(f"nothing to apply; schema level {level}")
-    if level < current.schema:
+        print(f"nothing to {'revert' if down else 'apply'}; schema level {level}")
+    elif down:
+        print(f"schema level {level}")
+    if not down and level < current.schema:
         # Not fatal here: the release still starts and /health reports the gap.
         print(
             f"warning: release {current.version} requires schema {current.schema} "
@@ -74,13 +76,13 @@ def migrate() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="refapp", description="fleetdeck reference application")
-    parser.add_argument("command", choices=("serve", "migrate", "version"))
+    parser.add_argument("command", choices=("serve", "migrate", "migrate-down", "version"))
     args = parser.parse_args(argv)
     if args.command == "version":
         print(release.current().version)
         return 0
     try:
-        return serve() if args.command == "serve" else migrate()
+        return serve() if args.command == "serve" else migrate(down=args.command == "migrate-down")
     except ConfigError as exc:
         print(f"refapp {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -46,12 +46,13 @@ def describe(exc: Exception) -> str:
     return str(detail) or type(exc).__name__
 
 
-def migrations() -> list[Migration]:
+def migrations(suffix: str = ".sql") -> list[Migration]:
+    """The shipped migrations (NNNN_name.sql), or with suffix ".down.sql" the down-migrations undoing them."""
     found = []
     for entry in resources.files("refapp").joinpath("migrations").iterdir():
-        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        match = re.fullmatch(r"(\d{4})_(\w+)" + re.escape(suffix), entry.name)
         if match:
-            found.append(Migration(int(match[1]), entry.name.removesuffix(".sql"), entry.read_text()))
+            found.append(Migration(int(match[1]), f"{match[1]}_{match[2]}", entry.read_text()))
     return sorted(found, key=lambda m: m.number)
 
 
@@ -90,6 +91,31 @@ def migrate(cfg: Config, report: Callable[[str], None]) -> list[Migration]:
             report(f"applied {migration.name}")
             applied.append(migration)
     return applied
+
+
+def migrate_down(cfg: Config, report: Callable[[str], None]) -> list[Migration]:
+    """Undo the applied migrations this release ships down-migrations for, newest first, one transaction each;
+    stops at the first applied migration it cannot undo. Returns those undone."""
+    undo = {m.number: m for m in migrations(".down.sql")}
+    undone = []
+    with closing(connect(cfg)) as conn:
+        conn.run("SELECT pg_advisory_lock(:key)", key=MIGRATION_LOCK)
+        if conn.run("SELECT to_regclass('schema_migrations') IS NULL")[0][0]:
+            return undone
+        for (number,) in conn.run("SELECT version FROM schema_migrations ORDER BY version DESC"):
+            if number not in undo:
+                break
+            conn.run("START TRANSACTION")
+            try:
+                conn.run(undo[number].sql)
+                conn.run("DELETE FROM schema_migrations WHERE version = :v", v=number)
+                conn.run("COMMIT")
+            except Error as exc:
+                conn.run("ROLLBACK")
+                raise MigrationError(f"down-migration {undo[number].name} failed: {describe(exc)}") from exc
+            report(f"reverted {undo[number].name}")
+            undone.append(undo[number])
+    return undone
 
 
 def slugify(name: str) -> str:
