@@ -97,6 +97,7 @@ def test_backup_of_every_instance_with_manifest_metrics_and_retention(deployment
         stored = store / instance / new
         manifest = json.loads((stored / "manifest.json").read_text())
         assert manifest["id"] == new and manifest["instance"] == instance
+        assert manifest["app_version"] == deployment.health(instance)["version"]
         assert set(manifest["parts"]) == {"database.dump", "data.tar.gz"}
         for part, meta in manifest["parts"].items():
             assert sha256(stored / part) == meta["sha256"] and (stored / part).stat().st_size == meta["size"]
