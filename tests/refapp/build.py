@@ -159,6 +159,7 @@ def _tarball(version: str, manifest: Manifest, vendored: dict[str, bytes]) -> by
 def make_signing_key(path: Path) -> str:
     """Create an Ed25519 test signing key at PATH (unless it exists); return its public key line."""
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
                        check=True, capture_output=True)
     return Path(f"{path}.pub").read_text().strip()
