@@ -12,9 +12,9 @@ description:
   - Only plays that set the play variable C(fleetdeck_audit_action) (for example V(upgrade)) are audited.
   - Every line has C(event), C(run) (V(<controller>/<pid>/<process start ticks>) of the run's ansible-playbook,
     the same identity the instance lock records) and C(time) (UTC).
-  - "V(start): written when an audited play starts, naming its instances (all batches) not named before in this run: C(operator)
-    (env E(FLEETDECK_OPERATOR), else the login user), C(source) (env E(FLEETDECK_RUN_SOURCE), default V(cli)),
-    C(playbook) (basename), C(action), C(instances), C(check_mode)."
+  - "V(start): written when an audited play starts, naming its instances (all batches) not named before in this
+    run: C(operator) (env E(FLEETDECK_OPERATOR), else the login user), C(source) (env E(FLEETDECK_RUN_SOURCE),
+    default V(cli)), C(playbook) (basename), C(action), C(instances), C(check_mode)."
   - "V(batch): written when a batch of an audited play starts whose instances are in release rings (canary_upgrade):
     C(action), C(ring) (the ring's name; several joined with V(+)) and C(instances)."
   - "V(locked): written as soon as a run holds an instance's lock: C(instance), C(version_from) (the release it
