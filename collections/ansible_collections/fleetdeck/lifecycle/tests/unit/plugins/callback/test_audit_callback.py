@@ -169,8 +169,8 @@ def test_rings_are_named_per_batch_and_a_stopped_rollout_shows_the_rings_never_s
     (start,) = read_log(log, "start")
     assert start["instances"] == ["web1", "web2", "web3"]  # every targeted instance, from the plan
     assert [(b["ring"], b["instances"]) for b in read_log(log, "batch")] == [("canary", ["web3"]), ("early", ["web1"])]
-    assert [(line["instance"], line["ring"]) for line in read_log(log, "locked")] == [("web3", "canary"),
-                                                                                       ("web1", "early")]
+    locked = [(line["instance"], line["ring"]) for line in read_log(log, "locked")]
+    assert locked == [("web3", "canary"), ("web1", "early")]
     ends = {line["instance"]: (line["ring"], line["result"]) for line in read_log(log)}
     assert ends == {"web1": ("early", "failed"), "web3": ("canary", "changed")}  # web2 never reached
     summary = proc.stdout.split("FLEETDECK SUMMARY (canary_upgrade.yml)", 1)[1]
