@@ -4,8 +4,15 @@ Set FLEETDECK_TEST_FLEET to give concurrent test runs on one machine distinct fl
 (name and subnet); the default is "ci", plus the pytest-xdist worker number.
 """
 
+import hashlib
+import hmac
+import json
 import os
+import secrets
+import threading
 from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 
@@ -31,6 +38,34 @@ def fleet(request):
 @pytest.fixture(scope="session")
 def repo():
     return REPO
+
+
+@pytest.fixture
+def alerts():
+    """A receiver of the rollout's signed alerts (rollout_alert_url): url, secret, and received, a list of
+    {valid (the signature checks out), body} in arrival order."""
+    secret = secrets.token_hex(16)
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            signed = f"{self.headers['X-Fleetdeck-Timestamp']}.{body.decode()}".encode()
+            expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+            received.append({"valid": hmac.compare_digest(expected, self.headers["X-Fleetdeck-Signature"]),
+                             "body": json.loads(body)})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}/alerts", secret=secret, received=received,
+                          args=("-e", f"rollout_alert_url=http://127.0.0.1:{server.server_port}/alerts",
+                                "-e", f"rollout_alert_secret={secret}"))
+    server.shutdown()
 
 
 # pytest-xdist hands out whole modules in collection order (with --no-loadscope-reorder): the slowest start

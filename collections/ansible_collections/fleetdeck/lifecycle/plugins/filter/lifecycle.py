@@ -1,7 +1,7 @@
 # Copyright: fleetdeck contributors
 # MIT License (see galaxy.yml)
-"""Filters for rolling upgrades, releases and status reporting: batch_plan, redact, release_summary,
-hmac_sha256, sha256_for."""
+"""Filters for rolling upgrades, releases and status reporting: batch_plan, release_rings, redact,
+release_summary, hmac_sha256, sha256_for."""
 
 from __future__ import annotations
 
@@ -48,6 +48,79 @@ def batch_plan(hosts_count, serial=None):
         plan.append(size)
         remaining -= size
     return plan
+
+
+RING_SELECTORS = ("group", "tier", "labels")
+_RING_NAME = re.compile(r"^[a-z0-9_]+$")
+
+
+def _ring_definitions(rings):
+    """The ring definitions of ``rollout_rings``, checked: a name and at least one known selector each."""
+    if rings is None:
+        return []
+    if not isinstance(rings, (list, tuple)):
+        raise AnsibleFilterError(f"rollout_rings: expected a list of rings, got {type(rings).__name__}")
+    names = {"canary", "rest"}
+    for index, ring in enumerate(rings):
+        where = f"rollout_rings[{index}]"
+        if not isinstance(ring, Mapping):
+            raise AnsibleFilterError(f"{where}: expected a mapping like {{name: early, tier: 2}}, got {ring!r}")
+        name = ring.get("name")
+        if not isinstance(name, str) or not _RING_NAME.match(name):
+            raise AnsibleFilterError(f"{where}: name: {name!r} is not a ring name (lowercase letters, digits, _)")
+        if name in names:
+            raise AnsibleFilterError(f"{where}: name: {name} is used twice or reserved (canary and rest are)")
+        names.add(name)
+        unknown = sorted(set(ring) - {"name", *RING_SELECTORS})
+        if unknown:
+            raise AnsibleFilterError(f"{where} ({name}): unknown key {', '.join(unknown)} "
+                                     f"(a ring selects by {', '.join(RING_SELECTORS)})")
+        if not any(key in ring for key in RING_SELECTORS):
+            raise AnsibleFilterError(f"{where} ({name}): selects nothing; give {', '.join(RING_SELECTORS)}")
+        if "labels" in ring and not (isinstance(ring["labels"], Mapping) and ring["labels"]):
+            raise AnsibleFilterError(f"{where} ({name}): labels: expected a mapping of label to value")
+    return rings
+
+
+def _in_ring(ring, host, variables):
+    """Whether the host's variables match every selector of the ring."""
+    if "group" in ring and ring["group"] not in (variables.get("group_names") or []):
+        return False
+    if "tier" in ring and str(variables.get("fleetdeck_tier")) != str(ring["tier"]):
+        return False
+    if "labels" in ring:
+        labels = variables.get("fleetdeck_labels") or {}
+        if not isinstance(labels, Mapping):
+            raise AnsibleFilterError(f"{host}: fleetdeck_labels: expected a mapping of label to value, got {labels!r}")
+        return all(str(labels.get(key)) == str(value) for key, value in ring["labels"].items())
+    return True
+
+
+def release_rings(hosts, hostvars, rings=None, batches=None, canary_group="canary"):
+    """The release rings of a canary upgrade, in order, and the play's host order and serial list for them.
+
+    ``hosts`` (in play order) go to the first ring that selects them: the ``canary_group`` members to
+    ``canary``, then each ring of ``rings`` (``{name, group, tier, labels}``; every given selector must
+    match), the others to ``rest``. Canary and named rings are one batch each and soak; ``rest`` is split
+    into batches by ``batches`` (a ``serial`` value, see batch_plan). Empty rings are left out.
+    """
+    rings = _ring_definitions(rings)
+    hosts = list(hosts or [])
+    members = {"canary": [], "rest": []} | {ring["name"]: [] for ring in rings}
+    for host in hosts:
+        variables = hostvars[host]
+        if canary_group in (variables.get("group_names") or []):
+            members["canary"].append(host)
+            continue
+        ring = next((ring["name"] for ring in rings if _in_ring(ring, host, variables)), "rest")
+        members[ring].append(host)
+    order = ["canary"] + [ring["name"] for ring in rings]
+    plan = [{"name": name, "hosts": members[name], "soak": True} for name in order if members[name]]
+    serial = [len(ring["hosts"]) for ring in plan]
+    if members["rest"]:
+        plan.append({"name": "rest", "hosts": members["rest"], "soak": False})
+        serial += batch_plan(len(members["rest"]), batches)
+    return {"rings": plan, "hosts": [host for ring in plan for host in ring["hosts"]], "serial": serial}
 
 
 def _redact_text(text, needles):
@@ -146,6 +219,7 @@ class FilterModule:
     def filters(self):
         return {
             "batch_plan": batch_plan,
+            "release_rings": release_rings,
             "redact": redact,
             "release_summary": release_summary,
             "hmac_sha256": hmac_sha256,

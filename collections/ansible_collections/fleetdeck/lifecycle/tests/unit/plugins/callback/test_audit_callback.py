@@ -16,7 +16,7 @@ from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import cli_env, le
 
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 FIELDS = ["event", "run", "time", "operator", "source", "playbook", "action", "instance", "version_from",
-          "version_to", "result", "changed", "check_mode", "held"]
+          "version_to", "result", "changed", "check_mode", "held", "ring"]
 
 UPGRADE = """
 - hosts: app
@@ -109,16 +109,75 @@ def test_one_line_per_host_with_all_fields(tmp_path):
     assert "web2                 failed       1.1.0        1.2.0" in summary
 
 
+# As roles/rollout tasks_from hold does it: the hold check leaves a held instance out (rollout_hold).
+HOLD_CHECK = """
+    - ansible.builtin.set_fact:
+        _rollout_held: true
+      when: rollout_hold | default(false) | bool and skip_held | default(true)
+    - ansible.builtin.meta: end_host
+      when: rollout_hold | default(false) | bool and skip_held | default(true)
+"""
+
+
 def test_held_instances_are_named_with_their_reason(tmp_path):
     write_inventory(tmp_path, "web1", "web2 rollout_hold=true rollout_hold_reason='customer freeze'", "web3")
-    proc = run_playbook(tmp_path, UPGRADE.replace("when: inventory_hostname == 'web2'", "when: false"))
+    first_task = "    - ansible.builtin.set_fact:\n        ansible_local: {app: {current: \"1.1.0\"}}\n"
+    playbook = UPGRADE.replace(first_task, first_task + HOLD_CHECK).replace(
+        "when: inventory_hostname == 'web2'", "when: false")
+    proc = run_playbook(tmp_path, playbook)
     assert proc.returncode == 0, proc.stdout
     lines = {line["instance"]: line for line in read_log(tmp_path / "state" / "fleetdeck" / "audit.log")}
-    held = {name: line["held"] for name, line in lines.items()}
-    assert held == {"web1": None, "web2": "customer freeze", "web3": None}
+    assert {name: (line["result"], line["held"]) for name, line in lines.items()} == {
+        "web1": ("changed", None), "web2": ("held", "customer freeze"), "web3": ("changed", None)}
     summary = proc.stdout.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
-    assert "web2                 held         1.1.0        1.2.0 (held: customer freeze)" in summary
+    assert "web2                 held         1.1.0        1.1.0 (held: customer freeze)" in summary
     assert "web1                 changed      1.1.0        1.2.0\n" in summary
+
+    # A run the hold does not apply to (a restart) still names the hold, with what the run did.
+    proc = run_playbook(tmp_path, playbook, "-e", '{"skip_held": false}')
+    assert proc.returncode == 0, proc.stdout
+    summary = proc.stdout.split("FLEETDECK SUMMARY (upgrade.yml)", 1)[1]
+    assert "web2                 changed      1.1.0        1.2.0 (held: customer freeze)" in summary
+
+
+RINGS = """
+- hosts: app
+  gather_facts: false
+  vars:
+    fleetdeck_audit_action: canary_upgrade
+  tasks:
+    - ansible.builtin.add_host:
+        name: "{{ item.0 }}"
+        groups: "rollout_ring_{{ item.1 }}"
+      loop: [[web3, canary], [web1, early], [web2, rest]]
+      delegate_to: localhost
+      run_once: true
+
+- hosts: web3,web1,web2
+  gather_facts: false
+  serial: 1
+  max_fail_percentage: 0
+"""
+
+
+def test_rings_are_named_per_batch_and_a_stopped_rollout_shows_the_rings_never_started(tmp_path):
+    write_inventory(tmp_path, "web1", "web2", "web3")
+    playbook = RINGS + UPGRADE.split("  gather_facts: false\n", 1)[1].replace("'web2'", "'web1'")
+    proc = run_playbook(tmp_path, playbook, name="canary_upgrade.yml")
+    assert proc.returncode == 2, proc.stdout  # web1, ring early, fails
+    log = tmp_path / "state" / "fleetdeck" / "audit.log"
+    (start,) = read_log(log, "start")
+    assert start["instances"] == ["web1", "web2", "web3"]  # every targeted instance, from the plan
+    assert [(b["ring"], b["instances"]) for b in read_log(log, "batch")] == [("canary", ["web3"]), ("early", ["web1"])]
+    locked = [(line["instance"], line["ring"]) for line in read_log(log, "locked")]
+    assert locked == [("web3", "canary"), ("web1", "early")]
+    ends = {line["instance"]: (line["ring"], line["result"]) for line in read_log(log)}
+    assert ends == {"web1": ("early", "failed"), "web3": ("canary", "changed")}  # web2 never reached
+    summary = proc.stdout.split("FLEETDECK SUMMARY (canary_upgrade.yml)", 1)[1]
+    assert "INSTANCE             RING         RESULT       FROM         NOW" in summary
+    assert "web1                 early        failed       1.1.0        1.2.0" in summary
+    assert "web2                 rest         not started  -            unchanged" in summary
+    assert "web3                 canary       changed      1.1.0        1.2.0" in summary
 
 
 def test_runs_append_and_record_check_mode_and_source(tmp_path):

@@ -16,6 +16,7 @@ from ansible_collections.fleetdeck.lifecycle.plugins.filter.lifecycle import (
     batch_plan,
     hmac_sha256,
     redact,
+    release_rings,
     release_summary,
     sha256_for,
 )
@@ -49,6 +50,75 @@ def test_batch_plan(count, serial, expected):
 def test_batch_plan_rejects_invalid_input(count, serial):
     with pytest.raises(AnsibleFilterError):
         batch_plan(count, serial)
+
+
+HOSTVARS = {
+    "acme": {"group_names": ["canary", "fleet", "tier2"], "fleetdeck_tier": 2},
+    "globex": {"group_names": ["fleet", "tier2"], "fleetdeck_tier": 2, "fleetdeck_labels": {"channel": "early"}},
+    "initech": {"group_names": ["fleet", "tier1"], "fleetdeck_tier": 1, "fleetdeck_labels": {"channel": "early"}},
+    "umbrella": {"group_names": ["fleet", "tier1", "eu"], "fleetdeck_tier": 1},
+    "hooli": {"group_names": ["fleet", "tier2"], "fleetdeck_tier": "2"},
+    "wonka": {"group_names": ["fleet", "tier2"], "fleetdeck_tier": 2},
+}
+HOSTS = ["wonka", "umbrella", "initech", "hooli", "globex", "acme"]  # play order
+
+
+def test_release_rings_in_order_first_match_wins():
+    rings = [{"name": "early", "labels": {"channel": "early"}, "tier": 2}, {"name": "eu", "group": "eu"},
+             {"name": "tier1", "tier": 1}, {"name": "nobody", "group": "absent"}]
+    plan = release_rings(HOSTS, HOSTVARS, rings, "50%")
+    assert plan["rings"] == [
+        {"name": "canary", "hosts": ["acme"], "soak": True},
+        {"name": "early", "hosts": ["globex"], "soak": True},  # initech has the label but tier 1
+        {"name": "eu", "hosts": ["umbrella"], "soak": True},
+        {"name": "tier1", "hosts": ["initech"], "soak": True},
+        {"name": "rest", "hosts": ["wonka", "hooli"], "soak": False},  # nobody is empty: left out
+    ]
+    assert plan["hosts"] == ["acme", "globex", "umbrella", "initech", "wonka", "hooli"]
+    assert plan["serial"] == [1, 1, 1, 1, 1, 1]  # 50% of the 2 in rest
+
+
+@pytest.mark.parametrize(
+    ("hosts", "rings", "batches", "serial"),
+    [
+        (HOSTS, None, None, [1, 5]),  # no rings: canary, then the rest in one batch
+        (HOSTS, [], [1, "100%"], [1, 1, 4]),
+        (HOSTS, [{"name": "t2", "tier": 2}], "25%", [1, 3, 1, 1]),  # tier "2" matches 2
+        (["acme"], [{"name": "t2", "tier": 2}], 1, [1]),
+        ([], [{"name": "t2", "tier": 2}], 1, []),
+    ],
+)
+def test_release_rings_serial_matches_the_ring_sizes(hosts, rings, batches, serial):
+    plan = release_rings(hosts, HOSTVARS, rings, batches)
+    assert plan["serial"] == serial
+    assert sum(serial) == len(plan["hosts"]) == len(hosts)
+    soaked = [ring for ring in plan["rings"] if ring["soak"]]
+    assert [len(ring["hosts"]) for ring in soaked] == serial[:len(soaked)]
+
+
+@pytest.mark.parametrize(
+    ("rings", "message"),
+    [
+        ({"name": "early"}, "rollout_rings: expected a list of rings, got dict"),
+        (["early"], "rollout_rings[0]: expected a mapping"),
+        ([{"tier": 1}], "rollout_rings[0]: name: None is not a ring name"),
+        ([{"name": "Early-1", "tier": 1}], "rollout_rings[0]: name: 'Early-1' is not a ring name"),
+        ([{"name": "rest", "tier": 1}], "rollout_rings[0]: name: rest is used twice or reserved"),
+        ([{"name": "a", "tier": 1}, {"name": "a", "tier": 2}], "rollout_rings[1]: name: a is used twice"),
+        ([{"name": "a", "teir": 1}], "rollout_rings[0] (a): unknown key teir (a ring selects by group, tier, labels)"),
+        ([{"name": "a"}], "rollout_rings[0] (a): selects nothing"),
+        ([{"name": "a", "labels": "early"}], "rollout_rings[0] (a): labels: expected a mapping"),
+    ],
+)
+def test_release_rings_refuses_bad_definitions_naming_the_ring(rings, message):
+    with pytest.raises(AnsibleFilterError, match=re.escape(message)):
+        release_rings(HOSTS, HOSTVARS, rings)
+
+
+def test_release_rings_names_a_host_with_bad_labels():
+    hostvars = HOSTVARS | {"wonka": {"group_names": ["fleet"], "fleetdeck_labels": ["early"]}}
+    with pytest.raises(AnsibleFilterError, match=re.escape("wonka: fleetdeck_labels: expected a mapping")):
+        release_rings(HOSTS, hostvars, [{"name": "early", "labels": {"channel": "early"}}])
 
 
 def test_redact_text_and_url_encoded_forms():
@@ -100,7 +170,7 @@ def test_release_summary_from_hostvars_like_mapping():
 
 
 def test_filter_module_exposes_all_filters():
-    filters = {"batch_plan", "redact", "release_summary", "hmac_sha256", "sha256_for"}
+    filters = {"batch_plan", "release_rings", "redact", "release_summary", "hmac_sha256", "sha256_for"}
     assert set(FilterModule().filters()) == filters
 
 
