@@ -171,21 +171,19 @@ def list_instances():
 @bp.post("/instances")
 @require("provision")
 def create_instance():
-    instance, run, created = provisioning.create(
-        service(), json_object(request), g.token.name, request.headers.get("Idempotency-Key")
-    )
-    response = jsonify({"instance": instance, "run": run})
-    response.status_code = 202 if created else 200
-    response.headers["Location"] = f"/v1/instances/{instance['name']}"
-    return response
+    return _new_instance(*provisioning.create(
+        service(), json_object(request), g.token.name, request.headers.get("Idempotency-Key")))
 
 
 @bp.post("/imports")
 @require("provision")
 def import_instance():
-    instance, run, created = imports.start(
-        service(), json_object(request), g.token.name, request.headers.get("Idempotency-Key")
-    )
+    return _new_instance(*imports.start(
+        service(), json_object(request), g.token.name, request.headers.get("Idempotency-Key")))
+
+
+def _new_instance(instance: dict, run: dict, created: bool):
+    """202 with the instance and its first run, or 200 when an Idempotency-Key replays it."""
     response = jsonify({"instance": instance, "run": run})
     response.status_code = 202 if created else 200
     response.headers["Location"] = f"/v1/instances/{instance['name']}"
