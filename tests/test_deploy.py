@@ -6,13 +6,15 @@ import re
 import secrets
 import shutil
 import stat
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 from fleetdeck import vault
 
 from tests.deployment import Deployment
-from tests.refapp.build import make_signing_key, sign
+from tests.refapp.build import artifact_name, make_signing_key, sign
 
 FLEET_SIZE = 2
 
@@ -276,3 +278,93 @@ def test_a_signed_release_deploys_while_two_signers_are_accepted(deployment, tmp
                 r"ok: \[inst2 -> localhost\]")
     assert re.search(verified, result.output), result.output
     assert deployment.health("inst2")["version"] == "1.1.0"
+
+
+def git(repo: Path, *args: str) -> str:
+    signing = ["-c", "user.name=Release", "-c", "user.email=release@example.test", "-c", "gpg.format=ssh"]
+    return subprocess.run(["git", "-C", str(repo), *signing, *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def release_repo(deployment, tmp_path_factory):
+    """A bare repository whose commits hold refapp 1.4.0's release tree (what its tarball unpacks to: the refapp
+    sources need a build step, so the built tree is committed); v1.4.0 is signed by the release key, the
+    lightweight v1.4.0-unsigned is not; (bare repository, work tree)."""
+    root = tmp_path_factory.mktemp("git-release")
+    work = root / "work"
+    with tarfile.open(deployment.dist / artifact_name("1.4.0")) as tar:
+        tar.extractall(root, filter="tar")
+    (root / "refapp-1.4.0").rename(work)
+    git(work, "init", "--quiet", "--initial-branch=main")
+    git(work, "add", "--all")
+    git(work, "commit", "--quiet", "-m", "refapp 1.4.0")
+    git(work, "-c", f"user.signingkey={deployment.dist.parent / 'release-key'}", "tag", "-s", "-m", "1.4.0", "v1.4.0")
+    git(work, "tag", "v1.4.0-unsigned")
+    bare = root / "refapp.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(work), str(bare)], check=True)
+    return bare, work
+
+
+def git_release_args(deployment, tmp_path, repo, ref, *extra: str) -> list[str]:
+    (tmp_path / "git-dist").mkdir(exist_ok=True)
+    return ["-e", "app_release_source=git", "-e", f"app_release_git_repo={repo}", "-e", f"app_release_git_ref={ref}",
+            "-e", f"app_artifact_controller_dir={tmp_path / 'git-dist'}", "-e", "app_version=1.4.0",
+            "-e", json.dumps({"app_release_signers": [deployment.release_signer]}), *extra]
+
+
+def test_a_signed_git_tag_deploys_and_its_commit_is_pinned(deployment, release_repo, tmp_path):
+    repo, work = release_repo
+    commit = git(work, "rev-parse", "v1.4.0^{commit}")
+    inst2 = host_state(deployment)["inst2"]
+    result = deployment.playbook("deploy.yml", "--limit", "inst1",
+                                 *git_release_args(deployment, tmp_path, repo, "v1.4.0"))
+    assert result.rc == 0, result.output
+    assert f"inst1: {repo} v1.4.0 is commit {commit}" in " ".join(result.output.split()), result.output
+    assert deployment.health("inst1")["version"] == "1.4.0"
+    assert (tmp_path / "git-dist" / f"{artifact_name('1.4.0')}.sha256").exists()
+    host_vars = (deployment.inventory / "host_vars" / "inst1" / "main.yml").read_text()
+    assert f'app_release_git_pins: {{"v1.4.0": "{commit}"}}' in host_vars, host_vars
+    assert host_state(deployment)["inst2"] == inst2
+
+    again = deployment.playbook("deploy.yml", "--limit", "inst1", "--tags", "app",
+                                *git_release_args(deployment, tmp_path, repo, "v1.4.0"))
+    assert again.rc == 0, again.output
+    assert again.changed() == {"inst1": 0}, again.output
+
+
+@pytest.mark.parametrize(("ref", "refusal"), [
+    ("main", "app_release_git_ref main: is a branch of {repo}, which moves; name a tag or a full 40-hex commit id"),
+    ("v9.9.9", "app_release_git_ref v9.9.9: no such tag in {repo}"),
+    ("v1.4.0-unsigned", "tag v1.4.0-unsigned of {repo} is not signed by one of app_release_signers"),
+])
+def test_a_git_ref_that_is_not_a_signed_tag_is_refused_before_any_instance_changes(
+        deployment, release_repo, tmp_path, ref, refusal):
+    repo, _ = release_repo
+    before = host_state(deployment)
+    result = deployment.playbook("deploy.yml", "--limit", "inst2", *git_release_args(deployment, tmp_path, repo, ref))
+    assert result.rc != 0
+    assert refusal.format(repo=repo) in " ".join(result.output.split()), result.output
+    assert "refusing to install it" in result.output
+    assert result.recap["inst2"]["failed"] == 1 and result.changed() == {"inst2": 0}, result.output
+    assert host_state(deployment) == before
+
+
+def test_a_git_tag_that_moved_since_it_was_pinned_is_refused(deployment, release_repo, tmp_path):
+    repo, work = release_repo
+    pinned = git(work, "rev-parse", "v1.4.0^{commit}")
+    (work / "NOTES").write_text("changed after the release was pinned\n")
+    git(work, "add", "NOTES")
+    git(work, "commit", "--quiet", "-m", "not 1.4.0 any more")
+    git(work, "-c", f"user.signingkey={deployment.dist.parent / 'release-key'}", "tag", "-f", "-s", "-m", "1.4.0",
+        "v1.4.0")
+    git(work, "push", "--quiet", "--force", str(repo), "refs/tags/v1.4.0")
+    moved = git(work, "rev-parse", "v1.4.0^{commit}")
+    before = host_state(deployment)
+    result = deployment.playbook("deploy.yml", "--limit", "inst1",
+                                 *git_release_args(deployment, tmp_path, repo, "v1.4.0"))
+    assert result.rc != 0
+    assert (f"inst1: tag v1.4.0 of {repo} moved: it was pinned to commit {pinned} (app_release_git_pins) and now "
+            f"points to {moved}; refusing to install it") in " ".join(result.output.split()), result.output
+    assert result.changed() == {"inst1": 0}, result.output
+    assert host_state(deployment) == before
