@@ -67,7 +67,9 @@ def measure(deployment: Deployment, step: str, playbook: str, args: tuple[str, .
     result = deployment.playbook(playbook, *args, env={"ANSIBLE_CONFIG": str(config)})
     seconds, cpu = time.monotonic() - started, children_cpu() - cpu
     if result.rc or not result.recap:
-        raise SystemExit(f"{step} ({config.name}) failed (rc {result.rc}):\n{result.output[-4000:]}")
+        failures = [line for line in result.output.splitlines() if line.startswith(("fatal:", "failed:"))]
+        raise SystemExit(f"{step} ({config.name}) failed (rc {result.rc}):\n" + "\n".join(failures[:20])
+                         + f"\n...\n{result.output[-4000:]}")
     if step == "idempotent deploy" and any(result.changed().values()):
         raise SystemExit(f"{step} ({config.name}) changed something: {result.changed()}\n{result.output[-4000:]}")
     tasks = sum(c["ok"] + c["skipped"] + c["failed"] + c["unreachable"] for c in result.recap.values())
