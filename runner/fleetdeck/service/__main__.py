@@ -12,7 +12,7 @@ from werkzeug.security import generate_password_hash
 from .config import ConfigError, check_secret, from_env
 from .secret_rules import ASCII_WHITESPACE
 from .serving import RunnerServer
-from .store import Store, StoreUnavailable
+from .store import StoreUnavailable, open_store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             print("usage: fleetdeck-runner [hash-token | hash-password]", file=sys.stderr)
             return 2
         settings = from_env()
-        Store(settings.data_dir / "runner.db").close()  # here, not in the worker: a clear exit 2
+        open_store(settings).close()  # here, not in the worker: a clear exit 2 (and migrated before it)
     except (ConfigError, OSError, StoreUnavailable) as exc:
         print(f"fleetdeck-runner: refusing to start: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from .executor import Executor, kill_leftovers
 from .hub import HubNotifier
 from .metrics import Metrics
 from .probe import Probes
-from .store import Store
+from .store import open_store
 from .streams import StreamSlots
 
 log = logging.getLogger("fleetdeck.runner")
@@ -24,8 +24,8 @@ log = logging.getLogger("fleetdeck.runner")
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or from_env()
-    store = Store(settings.data_dir / "runner.db")
-    interrupted = store.recover()
+    store = open_store(settings)
+    interrupted = store.recover(settings.replica_id)
     if interrupted:
         log.warning(
             "marked %d run(s) interrupted after a restart: %s", len(interrupted), ", ".join(interrupted)

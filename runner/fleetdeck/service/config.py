@@ -7,8 +7,11 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict
 
 from . import secret_rules
 
@@ -61,6 +64,9 @@ class Settings:
     hub_backoff: float = 2.0
     console_users: tuple[ConsoleUser, ...] = ()
     console_idle: float = 900.0
+    database_url: str | None = field(default=None, repr=False)  # PostgreSQL conninfo; None: SQLite
+    replica_id: str = "runner"
+    replica_timeout: float = 30.0
 
 
 def check_secret(what: str, value: str, bearer: bool = False) -> str:
@@ -160,6 +166,20 @@ def _read_secret(env: dict[str, str], name: str) -> str | None:
     return env.get(name) or None
 
 
+def _database_url(env: dict[str, str]) -> str | None:
+    """A postgresql:// URL (it may hold the password: refusals never repeat it)."""
+    url = _read_secret(env, "FLEETDECK_DATABASE_URL")
+    if url is None:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("FLEETDECK_DATABASE_URL: must be a postgresql:// URL")
+    try:
+        conninfo_to_dict(url)
+    except Exception:  # its message would quote the URL
+        raise ConfigError("FLEETDECK_DATABASE_URL: not a valid PostgreSQL connection URL") from None
+    return url
+
+
 def _tag_pattern(pattern: str) -> str:
     try:
         groups = re.compile(pattern).groups
@@ -217,4 +237,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         hub_backoff=number("FLEETDECK_HUB_BACKOFF", 2.0),
         console_users=parse_console_users(_read_secret(env, "FLEETDECK_CONSOLE_USERS") or "[]"),
         console_idle=number("FLEETDECK_CONSOLE_IDLE", 900.0),
+        database_url=_database_url(env),
+        replica_id=env.get("FLEETDECK_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}",
+        replica_timeout=number("FLEETDECK_REPLICA_TIMEOUT", 30.0),
     )

@@ -1,6 +1,7 @@
-"""Runs catalog actions with ansible-runner: a dispatcher that honours leases and the concurrency limit,
-one fresh private data dir per run (scrubbed when the run ends), an allowlisted environment for
-ansible-playbook, SIGTERM-grace-SIGKILL for cancel and timeouts."""
+"""Runs catalog actions with ansible-runner: a dispatcher that claims queued runs from the store (so a run
+created on any replica may start on this one) within the leases and the concurrency limit, one fresh
+private data dir per run (scrubbed when the run ends), an allowlisted environment for ansible-playbook,
+SIGTERM-grace-SIGKILL for cancel and timeouts; a heartbeat, and the runs of peers that stopped beating."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +112,9 @@ class Executor:
         self.password_file = password_file
         self.on_finished = on_finished or (lambda run: None)
         self.changed = threading.Condition()  # notified on new events and status changes (SSE waits on it)
-        self._pending: deque[str] = deque()
+        self.replica = settings.replica_id
+        self._beat_every = min(5.0, settings.replica_timeout / 3)
+        self._next_beat = 0.0
         self._controls: dict[str, Control] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -133,31 +135,27 @@ class Executor:
         return self._stopping
 
     def submit(self, run_id: str) -> None:
-        with self._lock:
-            if not self._stopping:
-                self._pending.append(run_id)
-                self._wake.set()
-                return
-        self._finish(run_id, "interrupted", None, "runner stopped before the run started")
+        """A new run is in the store: the dispatcher (of this replica or a peer) claims it."""
+        if not self._stopping:
+            self._wake.set()
+        elif self.store.take_unstarted(run_id, self.replica):
+            self._finish(run_id, "interrupted", None, "runner stopped before the run started")
 
     def cancel(self, run_id: str) -> bool:
-        """Ask a queued, waiting or running run to stop; False when it is not active here."""
-        with self._lock:
-            if run_id in self._pending:
-                self._pending.remove(run_id)
-                pending = True
-            else:
-                pending = False
-                control = self._controls.get(run_id)
-                if control:
-                    control.requested = "canceled"
-        if pending:
+        """Ask a queued, waiting or running run to stop, whichever replica has it; False when it is not active.
+        A run on a peer is flagged in the store; that peer's dispatcher reads the flag within a second."""
+        if self.store.take_unstarted(run_id, self.replica):
             self._finish(run_id, "canceled", None, "canceled before it started")
             return True
-        return control is not None
+        with self._lock:  # a run this replica claims gets its Control under the same lock
+            control = self._controls.get(run_id)
+            if control:
+                control.requested = "canceled"
+                return True
+        return self.store.request_cancel(run_id)
 
     def queue_depth(self) -> int:
-        return len(self._pending)
+        return len(self.store.unclaimed())
 
     def running(self) -> int:
         return len(self._controls)
@@ -167,41 +165,64 @@ class Executor:
         with self._lock:
             self._stopping = True
             self._stop_by = self._stop_by or time.monotonic() + self.settings.cancel_grace + grace
-            pending, self._pending = list(self._pending), deque()
             for control in self._controls.values():
                 control.requested = "interrupted"
         self._wake.set()
-        for run_id in pending:
-            self._finish(run_id, "interrupted", None, "runner stopped before the run started")
+        try:
+            # Queued runs stay for a live peer; with none they would start whenever a replica comes back.
+            if not self.store.live_peers(self.replica, self.settings.replica_timeout):
+                for run_id in self.store.unclaimed():
+                    if self.store.take_unstarted(run_id, self.replica):
+                        self._finish(run_id, "interrupted", None, "runner stopped before the run started")
+        except StoreUnavailable as exc:
+            log.error("runner stopping: queued runs are left to the next start (%s)", exc)
         while self._controls and time.monotonic() < self._stop_by:
             time.sleep(0.1)
         self.closed = True
+        with contextlib.suppress(StoreUnavailable):
+            self.store.leave(self.replica)
         self._notify()
 
     # -- dispatch ------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while not self._stopping:
-            self._wake.wait(1.0)
-            self._wake.clear()
+        while not self.closed:  # a stopping replica keeps beating while its runs end
             try:
+                self._keep_alive()
                 self._start_pending()
             except StoreUnavailable as exc:  # the queue stays as it is; tried again on the next wake-up
                 log.error("cannot start queued runs: %s", exc)
+            self._wake.wait(1.0)
+            self._wake.clear()
+
+    def _keep_alive(self) -> None:
+        """The heartbeat; the runs of peers presumed dead; stop requests for this replica's runs (a cancel
+        received by a peer, or a peer that presumed this replica dead and ended them)."""
+        if time.monotonic() >= self._next_beat:
+            self._next_beat = time.monotonic() + self._beat_every
+            self.store.heartbeat(self.replica)
+            for run_id in self.store.reap_dead(self.replica, self.settings.replica_timeout):
+                log.warning("run %s interrupted: its replica stopped beating", run_id)
+                self._notify()
+                self._until_stored(
+                    f"callbacks of run {run_id}", lambda r=run_id: self.on_finished(self.store.get_run(r))
+                )
+        with self._lock:
+            here = list(self._controls)
+        for run_id, stop in self.store.stop_requests(here).items():
+            with self._lock:
+                control = self._controls.get(run_id)
+                if control and not control.requested:
+                    control.requested = stop
 
     def _start_pending(self) -> None:
         with self._lock:
-            for run_id in list(self._pending):
-                if len(self._controls) >= self.settings.max_concurrent_runs:
+            while not self._stopping and len(self._controls) < self.settings.max_concurrent_runs:
+                run = self.store.claim_run(self.replica)
+                if run is None:
                     break
-                run = self.store.get_run(run_id)
-                if run["status"] == "waiting":
-                    if self.store.try_acquire(run_id, run["instances"]):
-                        continue
-                    self.store.update_run(run_id, status="queued")
-                self._pending.remove(run_id)
-                self._controls[run_id] = Control()
-                threading.Thread(target=self._execute, args=(run,), name=f"run-{run_id}", daemon=True).start()
+                self._controls[run["id"]] = Control()
+                threading.Thread(target=self._execute, args=(run,), name=f"run-{run['id']}", daemon=True).start()
 
     # -- one run -------------------------------------------------------------------------------
 

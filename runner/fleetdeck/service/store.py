@@ -1,64 +1,33 @@
-"""SQLite (WAL) store: runs, their events, per-instance leases, idempotency keys, webhook deliveries and
-an append-only audit trail. One connection guarded by a lock: writes are small and serialised anyway."""
+"""The store: runs, their events, per-instance leases, idempotency keys, webhook deliveries, hub callbacks,
+the replicas' heartbeats and an append-only audit trail. Its SQL and logic are written once here; a
+dialect (store_sqlite.SqliteStore, store_postgres.PostgresStore) connects, runs transactions, maps its
+driver's "cannot write now" errors to StoreUnavailable and supplies the few statements that differ.
+`open_store` picks the dialect from the settings."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-import tempfile
-import threading
 import time
-from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  id TEXT UNIQUE NOT NULL,
-  action TEXT NOT NULL, target TEXT NOT NULL, params TEXT NOT NULL, check_mode INTEGER NOT NULL,
-  instances TEXT NOT NULL, operator TEXT NOT NULL, source TEXT NOT NULL,
-  status TEXT NOT NULL, rc INTEGER, reason TEXT, hosts TEXT NOT NULL DEFAULT '{}',
-  created REAL NOT NULL, started REAL, finished REAL);
-CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
-CREATE TABLE IF NOT EXISTS events (
-  run_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, host TEXT, task TEXT,
-  created TEXT, stdout TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_id, seq));
-CREATE TABLE IF NOT EXISTS leases (instance TEXT PRIMARY KEY, run_id TEXT NOT NULL, since REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS idempotency (
-  token TEXT NOT NULL, key TEXT NOT NULL, body_sha256 TEXT NOT NULL, run_id TEXT NOT NULL,
-  created REAL NOT NULL, PRIMARY KEY (token, key));
-CREATE TABLE IF NOT EXISTS hook_deliveries (delivery TEXT PRIMARY KEY, received REAL NOT NULL, run_id TEXT);
-CREATE TABLE IF NOT EXISTS callbacks (
-  id TEXT PRIMARY KEY, run_id TEXT NOT NULL, url TEXT NOT NULL, body TEXT NOT NULL, state TEXT NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0, last_status INTEGER, last_error TEXT, created REAL NOT NULL,
-  updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, actor TEXT NOT NULL, what TEXT NOT NULL,
-  run_id TEXT, detail TEXT NOT NULL);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-  BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-  BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
-"""
 RUN_FILTERS = ("action", "status", "target")
 ACTIVE = ("queued", "waiting", "running")
 FINISHED = ("successful", "failed", "canceled", "timeout", "interrupted", "error")
 RUN_COLUMNS = (
     "id, action, target, params, check_mode, instances, operator, source, status, rc, reason, hosts, "
-    "created, started, finished, seq"
+    "created, started, finished, seq, replica"
 )
-
-
-# SQLite result codes that mean the store's files cannot be written now (disk full, I/O error, read-only).
-UNWRITABLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
+_ACTIVE_IN = "('queued', 'waiting', 'running')"
+_UNSTARTED_IN = "('queued', 'waiting')"
+CLAIM_BATCH = 100  # queued runs looked at per claim
 
 
 class StoreUnavailable(Exception):
-    """The store cannot be written (or opened); `reason` says why, e.g. `database or disk is full`."""
+    """The store cannot be written (or opened); `where` names it (a path, or a database without its
+    password), `reason` says why, e.g. `database or disk is full`."""
 
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"store {path}: {reason}")
-        self.path, self.reason = path, reason
+    def __init__(self, where, reason: str):
+        super().__init__(f"store {where}: {reason}")
+        self.path, self.reason = where, reason
 
 
 class LeaseConflict(Exception):
@@ -73,6 +42,17 @@ class IdempotencyConflict(Exception):
         self.run_id = run_id
 
 
+def open_store(settings) -> Store:
+    """PostgreSQL when FLEETDECK_DATABASE_URL is set, else SQLite at data_dir/runner.db."""
+    if settings.database_url:
+        from .store_postgres import PostgresStore
+
+        return PostgresStore(settings.database_url)
+    from .store_sqlite import SqliteStore
+
+    return SqliteStore(settings.data_dir / "runner.db")
+
+
 def _run_row(row: tuple) -> dict:
     run = dict(zip([c.strip() for c in RUN_COLUMNS.split(",")], row, strict=True))
     run["params"], run["instances"], run["hosts"] = (
@@ -82,74 +62,76 @@ def _run_row(row: tuple) -> dict:
     return run
 
 
-def _check_dir(directory: Path) -> None:
-    """The runs' data dirs live beside the database: the directory itself must take new files."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except FileExistsError:
-        raise StoreUnavailable(directory, "not a directory") from None
-    except OSError as exc:
-        raise StoreUnavailable(directory, f"cannot create files: {exc.strerror}") from None
-
-
 class Store:
-    def __init__(self, path: Path):
-        """Open (or create) the store and prove it writable; StoreUnavailable names the path and the reason."""
-        self.path = path
-        self._lock = threading.RLock()
-        _check_dir(path.parent)
-        try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-            self._db.execute("PRAGMA user_version = 1")  # a write: a read-only store fails here, not later
-            path.chmod(0o600)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(path, str(exc)) from None
-        except OSError as exc:
-            raise StoreUnavailable(path, exc.strerror or str(exc)) from None
+    """What every dialect provides: `_tx(fn)` runs fn(db) in one transaction (db.execute(sql, args) gives a
+    cursor, db.executemany(sql, rows)); `_write` and `_query` one statement; `close`. SQL uses `?`."""
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextlib.contextmanager
-    def _writing(self):
-        """Turn 'cannot write now' SQLite errors into StoreUnavailable (callers answer 503 or retry)."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in UNWRITABLE:  # extended codes keep the primary's
-                raise StoreUnavailable(self.path, str(exc)) from exc
-            raise
+    single_replica = True  # SQLite: one runner process owns the store
+    SKIP_LOCKED = ""  # appended to SELECTs whose rows a transaction claims
+    NOW = ""  # SQL: the database's clock, seconds since the epoch (heartbeats do not trust peers' clocks)
+    ID_COLUMN = ""  # an autoincrementing integer primary key
+    AUDIT_TRIGGERS: tuple[str, ...] = ()  # statements that make the audit table append-only
 
     def _tx(self, fn):
-        with self._lock, self._writing():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self._db)
-            except BaseException:
-                if self._db.in_transaction:  # SQLITE_FULL has rolled it back already
-                    self._db.execute("ROLLBACK")
-                raise
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            return result
+        raise NotImplementedError
 
     def _write(self, sql: str, args=(), many: bool = False) -> None:
-        with self._lock, self._writing():
-            (self._db.executemany if many else self._db.execute)(sql, args)
+        raise NotImplementedError
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def migrations(self) -> list[list[str]]:
+        """Version n's statements at index n - 1. Append only: a released version never changes."""
+        return [
+            [  # 1: the single-runner store
+                f"CREATE TABLE runs (seq {self.ID_COLUMN}, id TEXT UNIQUE NOT NULL, action TEXT NOT NULL, "
+                "target TEXT NOT NULL, params TEXT NOT NULL, check_mode INTEGER NOT NULL, instances TEXT NOT NULL, "
+                "operator TEXT NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL, rc INTEGER, reason TEXT, "
+                "hosts TEXT NOT NULL DEFAULT '{}', created DOUBLE PRECISION NOT NULL, started DOUBLE PRECISION, "
+                "finished DOUBLE PRECISION)",
+                "CREATE INDEX runs_status ON runs(status)",
+                "CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, host TEXT, "
+                "task TEXT, created TEXT, stdout TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_id, seq))",
+                "CREATE TABLE leases (instance TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
+                "since DOUBLE PRECISION NOT NULL)",
+                "CREATE TABLE idempotency (token TEXT NOT NULL, key TEXT NOT NULL, body_sha256 TEXT NOT NULL, "
+                "run_id TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, PRIMARY KEY (token, key))",
+                "CREATE TABLE hook_deliveries (delivery TEXT PRIMARY KEY, received DOUBLE PRECISION NOT NULL, "
+                "run_id TEXT)",
+                "CREATE TABLE callbacks (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, url TEXT NOT NULL, "
+                "body TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_status INTEGER, "
+                "last_error TEXT, created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL)",
+                f"CREATE TABLE audit (seq {self.ID_COLUMN}, time DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, "
+                "what TEXT NOT NULL, run_id TEXT, detail TEXT NOT NULL)",
+                *self.AUDIT_TRIGGERS,
+            ],
+            [  # 2: replicas: who runs a run, cancel across replicas, heartbeats
+                "ALTER TABLE runs ADD COLUMN replica TEXT",
+                "ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+                "CREATE TABLE replicas (id TEXT PRIMARY KEY, heartbeat DOUBLE PRECISION NOT NULL)",
+            ],
+        ]
+
+    def _migrate(self, db) -> None:
+        """Bring the schema to the newest version, in the caller's transaction (which holds the dialect's
+        migration lock); also a write that proves the store writable."""
+        steps = self.migrations()
+        current = self._schema_version(db)
+        if current > len(steps):
+            raise StoreUnavailable(self.where, f"schema version {current} is newer than this runner's {len(steps)}")
+        for version in range(current + 1, len(steps) + 1):
+            for statement in steps[version - 1]:
+                db.execute(statement)
+        self._set_schema_version(db, len(steps))
+
+    def schema_version(self) -> int:
+        return self._tx(self._schema_version)
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -206,7 +188,7 @@ class Store:
         return self._tx(insert)
 
     def get_run(self, run_id: str) -> dict | None:
-        rows = self._query(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))  # noqa: S608 - constant
+        rows = self._query(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         return _run_row(rows[0]) if rows else None
 
     def list_runs(self, filters: dict[str, str], limit: int, before: int | None) -> list[dict]:
@@ -219,16 +201,15 @@ class Store:
         if before is not None:
             where.append("seq < ?")
             args.append(before)
-        # Columns are checked against RUN_FILTERS, values are bound.
         condition = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {RUN_COLUMNS} FROM runs {condition} ORDER BY seq DESC LIMIT ?"  # noqa: S608
+        sql = f"SELECT {RUN_COLUMNS} FROM runs {condition} ORDER BY seq DESC LIMIT ?"
         return [_run_row(r) for r in self._query(sql, (*args, limit))]
 
     def instance_runs(self, instance: str, limit: int, active: bool = False) -> list[dict]:
         """Newest first, the runs whose instances include `instance` (instance names never hold quotes)."""
         statuses = ACTIVE if active else (*ACTIVE, *FINISHED)
         marks = ",".join("?" * len(statuses))
-        sql = (f"SELECT {RUN_COLUMNS} FROM runs WHERE instances LIKE ? AND status IN ({marks}) "  # noqa: S608
+        sql = (f"SELECT {RUN_COLUMNS} FROM runs WHERE instances LIKE ? AND status IN ({marks}) "
                "ORDER BY seq DESC LIMIT ?")
         return [_run_row(r) for r in self._query(sql, (f'%"{instance}"%', *statuses, limit))]
 
@@ -236,7 +217,7 @@ class Store:
         """The newest finished run of `action` over `instance` and the value a task of it set as the fact `fact`
         on the instance (None: no task did, e.g. the instance was unreachable); None without such a run."""
         marks = ",".join("?" * len(FINISHED))
-        sql = (f"SELECT {RUN_COLUMNS} FROM runs WHERE action = ? AND instances LIKE ? "  # noqa: S608
+        sql = (f"SELECT {RUN_COLUMNS} FROM runs WHERE action = ? AND instances LIKE ? "
                f"AND status IN ({marks}) ORDER BY seq DESC LIMIT 1")
         rows = self._query(sql, (action, f'%"{instance}"%', *FINISHED))
         if not rows:
@@ -250,61 +231,177 @@ class Store:
     def idempotent_run(self, token: str, key: str) -> tuple[str, str] | None:
         """(request digest, run id) recorded for this token's idempotency key, if any."""
         rows = self._query("SELECT body_sha256, run_id FROM idempotency WHERE token = ? AND key = ?", (token, key))
-        return rows[0] if rows else None
+        return tuple(rows[0]) if rows else None
 
     def update_run(self, run_id: str, **fields) -> None:
         if "hosts" in fields:
             fields["hosts"] = json.dumps(fields["hosts"])
         assignments = ", ".join(f"{k} = ?" for k in fields)
         # Field names come from the executor's code, never from a request.
-        self._write(f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id))  # noqa: S608
+        self._write(f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id))
 
     def finish_run(self, run_id: str, status: str, rc: int | None, reason: str | None) -> None:
-        """Final status and lease release together, so a finished run never holds an instance."""
+        """Final status and lease release together, so a finished run never holds an instance. A run a peer
+        has already ended (its replica was presumed dead) keeps that end."""
 
         def finish(db):
-            db.execute(
-                "UPDATE runs SET status = ?, rc = ?, reason = ?, finished = ? WHERE id = ?",
+            ended = db.execute(
+                f"UPDATE runs SET status = ?, rc = ?, reason = ?, finished = ? WHERE id = ? AND status IN {_ACTIVE_IN}",
                 (status, rc, reason, time.time(), run_id),
-            )
+            ).rowcount
             db.execute("DELETE FROM leases WHERE run_id = ?", (run_id,))
-            self._audit(db, "runner", "run.finished", run_id, {"status": status, "rc": rc, "reason": reason})
+            if ended:
+                self._audit(db, "runner", "run.finished", run_id, {"status": status, "rc": rc, "reason": reason})
 
         self._tx(finish)
 
-    def recover(self) -> list[str]:
-        """Runs a crash left active become `interrupted`; every lease is released (none can be live)."""
+    # -- replicas ------------------------------------------------------------------------------
+
+    def recover(self, replica: str) -> list[str]:
+        """At start: the runs this replica had taken before it stopped become `interrupted` and their leases
+        are freed. A single-replica store (SQLite) has no other owner: every active run, every lease."""
 
         def recover(db):
-            ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE status IN (?,?,?)", ACTIVE)]
-            for run_id in ids:
-                db.execute(
-                    "UPDATE runs SET status = 'interrupted', reason = 'runner restarted', finished = ? "
-                    "WHERE id = ?",
-                    (time.time(), run_id),
-                )
-                self._audit(db, "runner", "run.interrupted", run_id, {"reason": "runner restarted"})
-            db.execute("DELETE FROM leases")
+            mine = "" if self.single_replica else " AND replica = ?"
+            args = () if self.single_replica else (replica,)
+            ids = self._interrupt(db, mine, args, "runner restarted", {})
+            if self.single_replica:
+                db.execute("DELETE FROM leases")
+                db.execute("DELETE FROM replicas")
+            self._beat(db, replica)
             return ids
 
         return self._tx(recover)
+
+    def heartbeat(self, replica: str) -> None:
+        self._tx(lambda db: self._beat(db, replica))
+
+    def _beat(self, db, replica: str) -> None:
+        db.execute(
+            f"INSERT INTO replicas (id, heartbeat) VALUES (?, {self.NOW}) "
+            f"ON CONFLICT (id) DO UPDATE SET heartbeat = {self.NOW}",
+            (replica,),
+        )
+
+    def leave(self, replica: str) -> None:
+        """A replica that stops cleanly (its runs ended) is not waited for by its peers."""
+        self._write("DELETE FROM replicas WHERE id = ?", (replica,))
+
+    def live_peers(self, replica: str, timeout: float) -> int:
+        return self._query(
+            f"SELECT COUNT(*) FROM replicas WHERE id <> ? AND heartbeat >= {self.NOW} - ?", (replica, timeout)
+        )[0][0]
+
+    def reap_dead(self, replica: str, timeout: float) -> list[str]:
+        """Runs taken by a replica whose heartbeat is older than `timeout` (or gone) become `interrupted`, the
+        reason naming it, and their leases are freed; its heartbeat row goes. Peers reaping at once skip
+        each other's rows."""
+
+        def reap(db):
+            rows = db.execute(
+                f"SELECT id, replica FROM runs WHERE status IN {_ACTIVE_IN} AND replica IS NOT NULL "
+                f"AND replica <> ? AND replica NOT IN (SELECT id FROM replicas WHERE heartbeat >= {self.NOW} - ?)"
+                f"{self.SKIP_LOCKED}",
+                (replica, timeout),
+            ).fetchall()
+            ids = []
+            for gone in sorted({r[1] for r in rows}):
+                reason = f"replica {gone} presumed dead: no heartbeat for {timeout:g}s"
+                theirs = self._interrupt(db, " AND replica = ?", (gone,), reason, {"replica": gone, "by": replica})
+                db.execute("DELETE FROM replicas WHERE id = ?", (gone,))
+                self._audit(db, replica, "replica.dead", None, {"replica": gone, "runs": theirs})
+                ids += theirs
+            db.execute(f"DELETE FROM replicas WHERE heartbeat < {self.NOW} - ?", (timeout,))
+            return ids
+
+        return self._tx(reap)
+
+    def _interrupt(self, db, condition: str, args: tuple, reason: str, detail: dict) -> list[str]:
+        """Active runs matching `condition` end `interrupted` with `reason`; their leases go."""
+        ids = [r[0] for r in db.execute(
+            f"SELECT id FROM runs WHERE status IN {_ACTIVE_IN}{condition}", args
+        ).fetchall()]
+        for run_id in ids:
+            db.execute(
+                "UPDATE runs SET status = 'interrupted', reason = ?, finished = ? WHERE id = ?",
+                (reason, time.time(), run_id),
+            )
+            db.execute("DELETE FROM leases WHERE run_id = ?", (run_id,))
+            self._audit(db, "runner", "run.interrupted", run_id, {"reason": reason, **detail})
+        return ids
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def claim_run(self, replica: str) -> dict | None:
+        """The oldest queued run no replica has taken, or waiting run whose instances are all free now
+        (their leases taken with it), becomes `replica`'s; None when there is none. Concurrent claims by
+        peers skip each other's candidates."""
+
+        def claim(db):
+            rows = db.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE status IN {_UNSTARTED_IN} AND replica IS NULL "
+                f"ORDER BY seq LIMIT {CLAIM_BATCH}{self.SKIP_LOCKED}"
+            ).fetchall()
+            for row in rows:
+                run = _run_row(row)
+                if run["status"] == "waiting":
+                    db.execute("SAVEPOINT waiting")
+                    try:
+                        self._acquire(db, run["id"], run["instances"])
+                    except LeaseConflict:
+                        db.execute("ROLLBACK TO SAVEPOINT waiting")
+                        continue
+                    run["status"] = "queued"
+                db.execute("UPDATE runs SET replica = ?, status = ? WHERE id = ?", (replica, run["status"], run["id"]))
+                run["replica"] = replica
+                return run
+            return None
+
+        return self._tx(claim)
+
+    def take_unstarted(self, run_id: str, replica: str) -> bool:
+        """A queued or waiting run no replica has taken becomes `replica`'s (to end it before it starts)."""
+        return self._tx(lambda db: db.execute(
+            f"UPDATE runs SET replica = ? WHERE id = ? AND replica IS NULL AND status IN {_UNSTARTED_IN}",
+            (replica, run_id),
+        ).rowcount == 1)
+
+    def unclaimed(self) -> list[str]:
+        return [r[0] for r in self._query(
+            f"SELECT id FROM runs WHERE status IN {_UNSTARTED_IN} AND replica IS NULL ORDER BY seq"
+        )]
+
+    def request_cancel(self, run_id: str) -> bool:
+        """Flag an active run for its replica to cancel; False when it is not active."""
+        return self._tx(lambda db: db.execute(
+            f"UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status IN {_ACTIVE_IN}", (run_id,)
+        ).rowcount == 1)
+
+    def stop_requests(self, run_ids: list[str]) -> dict[str, str]:
+        """Of these runs: those to cancel (`canceled`) and those a peer has ended meanwhile (`interrupted`)."""
+        if not run_ids:
+            return {}
+        rows = self._query(
+            f"SELECT id, status FROM runs WHERE id IN ({','.join('?' * len(run_ids))}) "
+            f"AND (cancel_requested = 1 OR status NOT IN {_ACTIVE_IN})",
+            tuple(run_ids),
+        )
+        return {r[0]: "canceled" if r[1] in ACTIVE else "interrupted" for r in rows}
 
     # -- leases --------------------------------------------------------------------------------
 
     @staticmethod
     def _acquire(db, run_id: str, instances: list[str]) -> None:
-        for instance in instances:
-            row = db.execute("SELECT run_id FROM leases WHERE instance = ?", (instance,)).fetchone()
-            if row:
-                raise LeaseConflict(instance, row[0])
-        db.executemany("INSERT INTO leases VALUES (?,?,?)", [(i, run_id, time.time()) for i in instances])
-
-    def try_acquire(self, run_id: str, instances: list[str]) -> LeaseConflict | None:
-        try:
-            self._tx(lambda db: self._acquire(db, run_id, instances))
-        except LeaseConflict as conflict:
-            return conflict
-        return None
+        """All or none, in the caller's transaction; in a fixed order, so concurrent acquisitions cannot
+        deadlock. The primary key decides between concurrent transactions."""
+        now = time.time()
+        for instance in sorted(instances):
+            taken = db.execute(
+                "INSERT INTO leases VALUES (?,?,?) ON CONFLICT (instance) DO NOTHING", (instance, run_id, now)
+            ).rowcount
+            if not taken:
+                row = db.execute("SELECT run_id FROM leases WHERE instance = ?", (instance,)).fetchone()
+                raise LeaseConflict(instance, row[0] if row else "another run")
 
     def leases(self) -> dict[str, str]:
         return dict(self._query("SELECT instance, run_id FROM leases"))
@@ -313,7 +410,7 @@ class Store:
 
     def add_events(self, run_id: str, events: list[dict]) -> None:
         self._write(
-            "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
             [
                 (
                     run_id,
@@ -356,10 +453,9 @@ class Store:
 
         def record(db):
             db.execute("DELETE FROM hook_deliveries WHERE received < ?", (time.time() - keep_seconds,))
-            if db.execute("SELECT 1 FROM hook_deliveries WHERE delivery = ?", (delivery,)).fetchone():
-                return False
-            db.execute("INSERT INTO hook_deliveries VALUES (?,?,NULL)", (delivery, time.time()))
-            return True
+            return db.execute(
+                "INSERT INTO hook_deliveries VALUES (?,?,NULL) ON CONFLICT DO NOTHING", (delivery, time.time())
+            ).rowcount == 1
 
         return self._tx(record)
 
@@ -382,10 +478,12 @@ class Store:
         )
 
     def callbacks(self, state: str | None = None, run_id: str | None = None) -> list[dict]:
+        where = [(c, v) for c, v in (("state", state), ("run_id", run_id)) if v is not None]
+        condition = f"WHERE {' AND '.join(f'{c} = ?' for c, _ in where)}" if where else ""
         rows = self._query(
             "SELECT id, run_id, url, body, state, attempts, last_status, last_error FROM callbacks "
-            "WHERE (? IS NULL OR state = ?) AND (? IS NULL OR run_id = ?) ORDER BY created",
-            (state, state, run_id, run_id),
+            f"{condition} ORDER BY created",
+            tuple(v for _, v in where),
         )
         keys = ("id", "run_id", "url", "body", "state", "attempts", "last_status", "last_error")
         return [dict(zip(keys, r, strict=True)) for r in rows]
@@ -400,8 +498,7 @@ class Store:
         )
 
     def audit(self, actor: str, what: str, run_id: str | None, detail: dict) -> None:
-        with self._lock, self._writing():
-            self._audit(self._db, actor, what, run_id, detail)
+        self._tx(lambda db: self._audit(db, actor, what, run_id, detail))
 
     def audit_about(self, what_prefix: str, subject: str, limit: int) -> list[dict]:
         """Newest first, audit lines `what_prefix*` whose detail names `subject` as its instance."""
