@@ -51,17 +51,18 @@ class RunnerEnv:
         return {"Authorization": f"Bearer {self.tokens[name]}"}
 
 
-def make_env(fleet, base: Path) -> RunnerEnv:
-    """An environment dir (hosts.yml, host_vars with a vaulted secret per host) for `fleet`."""
+def make_env(fleet, base: Path, store=None) -> RunnerEnv:
+    """An environment dir (hosts.yml, host_vars with a vaulted secret per host) for `fleet`; `store` is the
+    runner_store fixture (tests/runner/conftest.py)."""
     tree = yaml.safe_load(fleet.inventory.read_text())
     hosts = [h.name for h in fleet.hosts]
-    return _make_env(base, tree, hosts, fleet.vault_password_file, fleet.ansible_env())
+    return _make_env(base, tree, hosts, fleet.vault_password_file, fleet.ansible_env(), store)
 
 
 LOCAL_HOSTS = ("local-1", "local-2", "local-3")
 
 
-def make_local_env(base: Path) -> RunnerEnv:
+def make_local_env(base: Path, store=None) -> RunnerEnv:
     """The same without test hosts: group `testfleet` of hosts with `ansible_connection: local`, so the
     test playbooks run for real, on this machine. For what needs no fleet: validation, auth, errors,
     idempotency, OpenAPI."""
@@ -72,10 +73,10 @@ def make_local_env(base: Path) -> RunnerEnv:
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     tree = {"all": {"children": {"testfleet": {"hosts": dict.fromkeys(LOCAL_HOSTS, local)}}}}
     ansible_env = {"FLEETDECK_VAULT_PASSWORD_FILE": str(password_file)}
-    return _make_env(base, tree, list(LOCAL_HOSTS), password_file, ansible_env)
+    return _make_env(base, tree, list(LOCAL_HOSTS), password_file, ansible_env, store)
 
 
-def _make_env(base: Path, tree: dict, hosts: list[str], password_file: Path, ansible_env: dict) -> RunnerEnv:
+def _make_env(base: Path, tree: dict, hosts: list[str], password_file: Path, ansible_env: dict, store) -> RunnerEnv:
     inventory = base / "env"
     (inventory / "host_vars").mkdir(parents=True)
     (inventory / "hosts.yml").write_text(yaml.safe_dump(tree, sort_keys=False))
@@ -90,12 +91,14 @@ def _make_env(base: Path, tree: dict, hosts: list[str], password_file: Path, ans
             {"vault_app_secret": host_secrets[host]},
             vault.read_password(password_file),
         )
-    return env_over(base, inventory, password_file, ansible_env, host_secrets)
+    return env_over(base, inventory, password_file, ansible_env, host_secrets, store=store)
 
 
 def env_over(base: Path, inventory: Path, password_file: Path, ansible_env: dict, host_secrets: dict | None = None,
-             catalog: Path = CATALOG) -> RunnerEnv:
-    """Tokens and settings of a runner over an existing environment directory."""
+             catalog: Path = CATALOG, store=None) -> RunnerEnv:
+    """Tokens and settings of a runner over an existing environment directory; its store SQLite unless
+    `store` (the runner_store fixture) says otherwise. A fixed replica id: a restarted service is the
+    same replica, as a SQLite runner's restart is."""
     tokens = {name: secrets.token_urlsafe(32) for name in SCOPES}
     env = {
         "FLEETDECK_RUNNER_TOKENS": json.dumps(
@@ -106,6 +109,8 @@ def env_over(base: Path, inventory: Path, password_file: Path, ansible_env: dict
         "FLEETDECK_RUNNER_DATA_DIR": str(base / "data"),
         "FLEETDECK_CATALOG": str(catalog),
         "FLEETDECK_RUNNER_CANCEL_GRACE": "3",
+        "FLEETDECK_REPLICA_ID": "runner-1",
+        **(store.env() if store else {}),
         **ansible_env,
     }
     return RunnerEnv(base, inventory, password_file, tokens, host_secrets or {}, env)

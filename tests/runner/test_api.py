@@ -18,8 +18,8 @@ pytestmark = pytest.mark.fleet
 
 
 @pytest.fixture(scope="module")
-def env(fleet, tmp_path_factory):
-    with in_process(make_env(fleet, tmp_path_factory.mktemp("runner"))) as runner_env:
+def env(runner_store, fleet, tmp_path_factory):
+    with in_process(make_env(fleet, tmp_path_factory.mktemp("runner"), runner_store)) as runner_env:
         yield runner_env
 
 

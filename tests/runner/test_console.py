@@ -20,8 +20,8 @@ HTTPS = "https://localhost"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    runner_env = make_local_env(tmp_path_factory.mktemp("console"))
+def env(runner_store, tmp_path_factory):
+    runner_env = make_local_env(tmp_path_factory.mktemp("console"), runner_store)
     runner_env.env["FLEETDECK_CONSOLE_USERS"] = json.dumps([
         {"name": n, "password_hash": generate_password_hash(p, method="scrypt"), "scopes": SCOPES[n]}
         for n, p in PASSWORDS.items()])

@@ -51,8 +51,8 @@ def hub():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with in_process(make_local_env(tmp_path_factory.mktemp("runner"))) as runner_env:
+def env(runner_store, tmp_path_factory):
+    with in_process(make_local_env(tmp_path_factory.mktemp("runner"), runner_store)) as runner_env:
         yield runner_env
 
 

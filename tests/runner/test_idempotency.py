@@ -14,8 +14,8 @@ CONCURRENT = 12
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(make_local_env(tmp_path_factory.mktemp("runner")), free_port())
+def server(runner_store, tmp_path_factory):
+    srv = Server(make_local_env(tmp_path_factory.mktemp("runner"), runner_store), free_port())
     srv.start()
     yield srv
     srv.stop()

@@ -13,18 +13,20 @@ from tests.playbook import REPO
 from tests.runner.service import Server, free_port, wait_until
 
 FLEET_SIZE = 2
+# Fleet playbook runs dominate this module: it runs on PostgreSQL only (test_console_browser on SQLite only).
+pytestmark = pytest.mark.stores("postgres")
 
 
 class ApiEnv:
     """What tests.runner.service.Server needs: settings in env, tokens by caller."""
 
-    def __init__(self, deployment, base):
+    def __init__(self, deployment, base, store):
         self.dir = base
         self.tokens = {"admin": secrets.token_urlsafe(32)}
         tokens = [{"name": "hub", "token": self.tokens["admin"], "scopes": ["admin"]}]
         self.env = {**deployment.env, "FLEETDECK_RUNNER_TOKENS": json.dumps(tokens),
                     "FLEETDECK_PROJECT_DIR": str(REPO), "FLEETDECK_INVENTORY": str(deployment.inventory),
-                    "FLEETDECK_RUNNER_DATA_DIR": str(base / "data")}
+                    "FLEETDECK_RUNNER_DATA_DIR": str(base / "data"), **store.env()}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,8 @@ def deployment(fleet, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(deployment, tmp_path_factory):
-    server = Server(ApiEnv(deployment, tmp_path_factory.mktemp("runner")), free_port())
+def server(runner_store, deployment, tmp_path_factory):
+    server = Server(ApiEnv(deployment, tmp_path_factory.mktemp("runner"), runner_store), free_port())
     server.start()
     yield server
     server.stop()

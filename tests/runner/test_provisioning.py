@@ -23,8 +23,8 @@ from tests.runner.service import app_for, in_process, make_local_env, wait_until
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    runner_env = make_local_env(tmp_path_factory.mktemp("runner"))
+def env(runner_store, tmp_path_factory):
+    runner_env = make_local_env(tmp_path_factory.mktemp("runner"), runner_store)
     shutil.copytree(REPO / "inventory" / "example" / "group_vars", runner_env.inventory / "group_vars")
     with in_process(runner_env):
         yield runner_env
@@ -236,8 +236,8 @@ def test_decommission_is_refused_while_a_run_is_active(client, env):
     assert snapshot(env) == before
 
 
-def test_removal_archives_the_vault_encrypted_and_unpins_the_host_key(tmp_path):
-    env = make_local_env(tmp_path)
+def test_removal_archives_the_vault_encrypted_and_unpins_the_host_key(runner_store, tmp_path):
+    env = make_local_env(tmp_path, runner_store)
     known = env.inventory / "known_hosts"
     known.write_text("10.1.0.7 ssh-ed25519 AAAAkeyofseven\n10.1.0.8 ssh-ed25519 AAAAkeyofeight\n")
     main = env.inventory / "host_vars" / "local-1" / "main.yml"
@@ -303,8 +303,8 @@ def test_the_state_comes_from_the_probe_the_last_run_and_the_hold(last, held, pr
     assert provisioning._state(last, held, probed, "1.0.0") == state
 
 
-def test_an_unreachable_instance_is_down_with_the_reason_and_the_age(tmp_path):
-    env = make_local_env(tmp_path)
+def test_an_unreachable_instance_is_down_with_the_reason_and_the_age(runner_store, tmp_path):
+    env = make_local_env(tmp_path, runner_store)
     main = env.inventory / "host_vars" / "local-1" / "main.yml"
     main.write_text(main.read_text() + "ansible_host: 127.0.0.1\nansible_port: 1\n")
     with in_process(env), app_for(env) as application:
@@ -346,8 +346,8 @@ def git(where, *args: str) -> str:
     return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, check=True).stdout
 
 
-def test_an_environment_that_is_a_repository_gets_a_commit_per_change(tmp_path):
-    env = make_local_env(tmp_path)
+def test_an_environment_that_is_a_repository_gets_a_commit_per_change(runner_store, tmp_path):
+    env = make_local_env(tmp_path, runner_store)
     git(env.inventory, "init", "-q")
     git(env.inventory, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "start", "--allow-empty")
     git(env.inventory, "add", "-A")
@@ -368,9 +368,9 @@ def test_an_environment_that_is_a_repository_gets_a_commit_per_change(tmp_path):
     assert "hosts.yml" in shown and "local-2" in shown and git(env.inventory, "status", "--porcelain") == ""
 
 
-def test_an_environment_inside_another_repository_is_not_committed(tmp_path):
+def test_an_environment_inside_another_repository_is_not_committed(runner_store, tmp_path):
     git(tmp_path, "init", "-q")
-    env = make_local_env(tmp_path / "outer")
+    env = make_local_env(tmp_path / "outer", runner_store)
     with in_process(env):
         instance_edit.change(env.inventory, "local-1", instance_edit.Change(hold=True))
     assert subprocess.run(["git", "-C", str(tmp_path), "log"], capture_output=True).returncode != 0, "no commit"

@@ -11,8 +11,8 @@ ACTIVE = ("queued", "waiting", "running")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with in_process(make_local_env(tmp_path_factory.mktemp("runner"))) as runner_env:
+def env(runner_store, tmp_path_factory):
+    with in_process(make_local_env(tmp_path_factory.mktemp("runner"), runner_store)) as runner_env:
         yield runner_env
 
 
@@ -385,8 +385,8 @@ def test_actions_instances_readyz_metrics(client, env):
     assert "fleetdeck_runner_active_leases 0.0" in metrics
 
 
-def test_a_broken_inventory_is_503_naming_the_file_and_nothing_runs(tmp_path):
-    broken = make_local_env(tmp_path)
+def test_a_broken_inventory_is_503_naming_the_file_and_nothing_runs(runner_store, tmp_path):
+    broken = make_local_env(tmp_path, runner_store)
     hosts_file = broken.inventory / "hosts.yml"
     hosts_file.write_text("all: [unclosed\n")
     with in_process(broken), app_for(broken) as application:

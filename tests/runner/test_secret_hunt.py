@@ -1,14 +1,14 @@
 """The secret hunt: a session of runs on the real service (successful, failed, check + diff, canceled,
 SIGKILLed mid-run), then every byte the runner wrote or served is searched for every secret it knows.
 
-Searched: the store (runner.db, -wal, -shm), every run directory, the service log, every HTTP body and
-SSE stream the session received (the API's and every console page, form answer and console stream, signed
-in), and the hub callbacks. Secrets: every vault value of the inventory
+Searched: the store (runner.db, -wal, -shm; on PostgreSQL a pg_dump of its database), every run directory,
+the service log, every HTTP body and SSE stream the session received (the API's and every console page, form
+answer and console stream, signed in), and the hub callbacks. Secrets: every vault value of the inventory
 (a multi-line private key, a password that JSON and URL encoding change, a token), each line of them,
-the API tokens, the console password, the webhook and hub HMAC secrets and the vault password; as they
-are, JSON-escaped, URL-encoded, and base64-encoded (found by decoding every base64-looking run at each offset, so the
-search shares no code with the redaction it checks). The environment of the run's processes is
-checked while a run is running.
+the API tokens, the console password, the webhook and hub HMAC secrets, the vault password and the
+database password; as they are, JSON-escaped, URL-encoded, and base64-encoded (found by decoding every
+base64-looking run at each offset, so the search shares no code with the redaction it checks). The
+environment of the run's processes is checked while a run is running.
 """
 
 from __future__ import annotations
@@ -281,8 +281,8 @@ def leaky_instance(env, fleet, store: Path) -> str:
     return host.name
 
 
-def test_no_secret_in_anything_the_runner_writes_or_serves(fleet, tmp_path):
-    env = make_env(fleet, tmp_path)
+def test_no_secret_in_anything_the_runner_writes_or_serves(runner_store, fleet, tmp_path):
+    env = make_env(fleet, tmp_path, runner_store)
     all_secrets = vault_secrets(env, fleet, tmp_path / "keys")
     env.env["FLEETDECK_BACKUP_STORE"] = str(tmp_path / "store")
     leaky = leaky_instance(env, fleet, tmp_path / "store")
@@ -299,8 +299,15 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(fleet, tmp_path):
         "scopes": ["read", "operate", "provision"]}])
     service_secrets = {f"token {name}": token for name, token in env.tokens.items()}
     service_secrets |= {"hook secret": hook_secret, "hub secret": hub_secret, "console password": console_password}
+    database = env.env.get("FLEETDECK_DATABASE_URL")
+    if database:
+        service_secrets["database password"] = runner_store.server.password
     all_secrets |= service_secrets | {"vault password": vault.read_password(env.password_file).decode()}
     data = Path(env.env["FLEETDECK_RUNNER_DATA_DIR"])
+
+    def store_files() -> dict:
+        """The data dir, and with PostgreSQL all its database holds."""
+        return files(data) | ({"store (pg_dump)": runner_store.server.dump(database)} if database else {})
     server = Server(env, free_port())
     session = Session(server, env.tokens)
     server.start()
@@ -388,8 +395,9 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(fleet, tmp_path):
         # A callback for each run that ended in the service (the SIGKILLed one ended at the restart).
         wait_until(lambda: len(hub.bodies) >= len(runs) - 1, timeout=30)
 
-        assert {p.name for p in data.iterdir()} >= {"runner.db", "runner.db-wal"}
-        written = files(data)
+        if not database:
+            assert {p.name for p in data.iterdir()} >= {"runner.db", "runner.db-wal"}
+        written = store_files()
         assert any(p.endswith("/command") for p in written)
         for path, blob in written.items():
             if path.endswith("/command"):
@@ -402,6 +410,6 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(fleet, tmp_path):
         server.stop()
         hub.shutdown()
     # After a clean stop the WAL is checkpointed into runner.db: search the store once more.
-    stopped_hits = hunt(files(data), all_secrets)
+    stopped_hits = hunt(store_files(), all_secrets)
     assert not stopped_hits, f"{len(stopped_hits)} leaks: {stopped_hits[:30]}"
     assert os.path.getsize(server.log) > 0

@@ -20,8 +20,8 @@ GRACE = 3 + 10
 
 
 @pytest.fixture(scope="module")
-def env(fleet, tmp_path_factory):
-    return make_env(fleet, tmp_path_factory.mktemp("runner"))
+def env(runner_store, fleet, tmp_path_factory):
+    return make_env(fleet, tmp_path_factory.mktemp("runner"), runner_store)
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ MAX_STREAMS = 3
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return make_local_env(tmp_path_factory.mktemp("serving"))
+def env(runner_store, tmp_path_factory):
+    return make_local_env(tmp_path_factory.mktemp("serving"), runner_store)
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +191,9 @@ def test_sse_clients_are_served_concurrently_with_runs(server):
     assert ends == [True] * MAX_STREAMS
 
 
-def test_sigterm_does_not_wait_for_slow_clients(tmp_path):
+def test_sigterm_does_not_wait_for_slow_clients(runner_store, tmp_path):
     """A client stuck sending its body holds no run back: the service stops within the cancel grace."""
-    server = Server(make_local_env(tmp_path), free_port())  # a store of its own
+    server = Server(make_local_env(tmp_path, runner_store), free_port())  # a store of its own
     server.start()
     status, run = server.call("POST", "/v1/runs", {"action": "sleep", "target": "local-1"})
     assert status == 202

@@ -36,8 +36,8 @@ def sha256(value: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return make_local_env(tmp_path_factory.mktemp("runner"))
+def env(runner_store, tmp_path_factory):
+    return make_local_env(tmp_path_factory.mktemp("runner"), runner_store)
 
 
 def refuse(env, change: dict[str, str | None], args=(), stdin: str | None = None) -> str:

@@ -10,10 +10,13 @@ from fleetdeck.service.processes import process_groups
 
 from tests.runner.service import Server, free_port, make_local_env, wait_until
 
+# SQLite's disk full; PostgreSQL's lost connection: test_replicas.py.
+pytestmark = pytest.mark.stores("sqlite")
+
 
 @pytest.fixture
-def server(tmp_path):
-    env = make_local_env(tmp_path)
+def server(runner_store, tmp_path):
+    env = make_local_env(tmp_path, runner_store)
     data = tmp_path / "data"
     data.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(data)], check=True)
