@@ -118,10 +118,8 @@ def test_signed_tag_push_starts_a_canary_upgrade_and_the_hub_gets_a_signed_retri
     assert run["operator"] == "git-hook" and run["source"] == "hook:d-1"
 
     attempts = wait_until(
-        lambda: (
+        lambda: (lambda mine: mine if len(mine) >= 2 else None)(
             [r for r in RECEIVED if json.loads(r["body"])["run"]["id"] == run["id"]]
-            if len(RECEIVED) >= 2
-            else None
         ),
         timeout=90,
     )

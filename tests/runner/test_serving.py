@@ -147,13 +147,21 @@ def _no_permission(path):
     [
         (_ro_mount, "Read-only file system"),
         (_not_a_dir, "not a directory"),
-        (_corrupt_db, "file is not a database"),
         (_no_permission, "Permission denied"),
     ],
-    ids=["read-only", "not-a-dir", "corrupt-db", "no-permission"],
+    ids=["read-only", "not-a-dir", "no-permission"],
 )
 def test_an_unusable_store_is_refused_at_start(env, tmp_path, make, reason):
-    data_dir = tmp_path / "data"
+    """The data dir (the SQLite store's, and the runs' with either store)."""
+    refused_at_start(env, tmp_path / "data", make, reason)
+
+
+@pytest.mark.stores("sqlite")
+def test_a_corrupt_sqlite_store_is_refused_at_start(env, tmp_path):
+    refused_at_start(env, tmp_path / "data", _corrupt_db, "file is not a database")
+
+
+def refused_at_start(env, data_dir, make, reason):
     named, cleanup = make(data_dir)
     # Root may write anywhere: without CAP_DAC_OVERRIDE it meets the permissions a service user would.
     command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", str(BIN / "fleetdeck-runner")]

@@ -7,7 +7,9 @@ driver's "cannot write now" errors to StoreUnavailable and supplies the few stat
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from pathlib import Path
 
 RUN_FILTERS = ("action", "status", "target")
 ACTIVE = ("queued", "waiting", "running")
@@ -47,10 +49,23 @@ def open_store(settings) -> Store:
     if settings.database_url:
         from .store_postgres import PostgresStore
 
+        check_dir(settings.data_dir)  # the runs' private data dirs live there
         return PostgresStore(settings.database_url)
     from .store_sqlite import SqliteStore
 
     return SqliteStore(settings.data_dir / "runner.db")
+
+
+def check_dir(directory: Path) -> None:
+    """The runs' private data dirs live in the data dir (beside an SQLite store): it must take new files."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except FileExistsError:
+        raise StoreUnavailable(directory, "not a directory") from None
+    except OSError as exc:
+        raise StoreUnavailable(directory, f"cannot create files: {exc.strerror}") from None
 
 
 def _run_row(row: tuple) -> dict:

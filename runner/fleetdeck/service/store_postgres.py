@@ -27,6 +27,12 @@ def describe(url: str) -> str:
     return f"postgresql://{user}@{host}:{port or 5432}/{dbname}"
 
 
+def _bindable(args) -> tuple:
+    """PostgreSQL text cannot hold NUL: it becomes U+FFFD (a run id with one matches no run, as in SQLite;
+    a NUL in a playbook's output is stored as the replacement character)."""
+    return tuple(a.replace("\0", "\ufffd") if isinstance(a, str) else a for a in args)
+
+
 class _Db:
     """The sqlite3-like face the common SQL expects: `?` placeholders, execute returns a cursor."""
 
@@ -34,11 +40,11 @@ class _Db:
         self.conn = conn
 
     def execute(self, sql: str, args=()):
-        return self.conn.execute(sql.replace("?", "%s"), tuple(args) or None)
+        return self.conn.execute(sql.replace("?", "%s"), _bindable(args) or None)
 
     def executemany(self, sql: str, rows):
         cursor = self.conn.cursor()
-        cursor.executemany(sql.replace("?", "%s"), list(rows))
+        cursor.executemany(sql.replace("?", "%s"), [_bindable(row) for row in rows])
         return cursor
 
 

@@ -6,26 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import tempfile
 import threading
 from pathlib import Path
 
-from .store import Store, StoreUnavailable
+from .store import Store, StoreUnavailable, check_dir
 
 # SQLite result codes that mean the store's files cannot be written now (disk full, I/O error, read-only).
 UNWRITABLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
-
-
-def _check_dir(directory: Path) -> None:
-    """The runs' data dirs live beside the database: the directory itself must take new files."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except FileExistsError:
-        raise StoreUnavailable(directory, "not a directory") from None
-    except OSError as exc:
-        raise StoreUnavailable(directory, f"cannot create files: {exc.strerror}") from None
 
 
 class SqliteStore(Store):
@@ -41,7 +28,7 @@ class SqliteStore(Store):
         the reason."""
         self.path = self.where = path
         self._lock = threading.RLock()
-        _check_dir(path.parent)
+        check_dir(path.parent)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
