@@ -196,9 +196,9 @@ class Executor:
             self._wake.clear()
 
     def _keep_alive(self) -> None:
-        """The heartbeat; the runs of peers presumed dead; stop requests for this replica's runs (a cancel
-        received by a peer, or a peer that presumed this replica dead and ended them)."""
-        if time.monotonic() >= self._next_beat:
+        """With peers (PostgreSQL): the heartbeat and the runs of peers presumed dead. Then stop requests for
+        this replica's runs (a cancel received by a peer, or a peer that presumed this replica dead)."""
+        if not self.store.single_replica and time.monotonic() >= self._next_beat:
             self._next_beat = time.monotonic() + self._beat_every
             self.store.heartbeat(self.replica)
             for run_id in self.store.reap_dead(self.replica, self.settings.replica_timeout):

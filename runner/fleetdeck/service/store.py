@@ -282,17 +282,12 @@ class Store:
             ids = self._interrupt(db, mine, args, "runner restarted", {})
             if self.single_replica:
                 db.execute("DELETE FROM leases")
-                db.execute("DELETE FROM replicas")
-            self._beat(db, replica)
             return ids
 
         return self._tx(recover)
 
     def heartbeat(self, replica: str) -> None:
-        self._tx(lambda db: self._beat(db, replica))
-
-    def _beat(self, db, replica: str) -> None:
-        db.execute(
+        self._write(
             f"INSERT INTO replicas (id, heartbeat) VALUES (?, {self.NOW}) "
             f"ON CONFLICT (id) DO UPDATE SET heartbeat = {self.NOW}",
             (replica,),
