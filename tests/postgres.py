@@ -24,6 +24,7 @@ def free_port() -> int:
 
 class PostgresServer:
     def __init__(self):
+        # Not under pytest's tmp_path (a root-only directory): the cluster belongs to `postgres`.
         self.base = Path(tempfile.mkdtemp(prefix="fleetdeck-pg-"))
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self.password = secrets.token_hex(16)
