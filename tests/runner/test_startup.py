@@ -36,8 +36,9 @@ def sha256(value: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def env(runner_store, tmp_path_factory):
-    return make_local_env(tmp_path_factory.mktemp("runner"), runner_store)
+def env(tmp_path_factory):
+    """Configuration is refused before a store is opened: these tests need no second store."""
+    return make_local_env(tmp_path_factory.mktemp("runner"))
 
 
 def refuse(env, change: dict[str, str | None], args=(), stdin: str | None = None) -> str:
@@ -107,10 +108,14 @@ RULES = [
     ("secret-file", {"FLEETDECK_HOOK_SECRET_FILE": "/nonexistent/hook-secret"}, "cannot read /nonexistent/hook-secret"),
     ("hub-secret", {"FLEETDECK_HUB_URL": "http://127.0.0.1:9/x"}, "without FLEETDECK_HUB_SECRET"),
     ("inventory", {"FLEETDECK_INVENTORY": None}, "FLEETDECK_INVENTORY is not set"),
+    ("database-url", {"FLEETDECK_DATABASE_URL": "mysql://runner@db/fleetdeck"}, "must be a postgresql:// URL"),
+    ("database-url", {"FLEETDECK_DATABASE_URL": "postgresql://u:pw@db/x?no_such_option=1"},
+     "FLEETDECK_DATABASE_URL: not a valid PostgreSQL connection URL"),
     ("numbers", {"FLEETDECK_RUNNER_CONNECTIONS": "many"}, "FLEETDECK_RUNNER_CONNECTIONS: not a number"),
     ("numbers", {"FLEETDECK_RUNNER_MAX_CONCURRENT": "0"}, "FLEETDECK_RUNNER_MAX_CONCURRENT: must be a positive"),
     ("numbers", {"FLEETDECK_RUNNER_CANCEL_GRACE": "nan"}, "FLEETDECK_RUNNER_CANCEL_GRACE: must be a positive"),
     ("numbers", {"FLEETDECK_HOOK_WINDOW": "inf"}, "FLEETDECK_HOOK_WINDOW: must be a positive"),
+    ("numbers", {"FLEETDECK_REPLICA_TIMEOUT": "0"}, "FLEETDECK_REPLICA_TIMEOUT: must be a positive"),
     ("tag-pattern", {"FLEETDECK_HOOK_TAG_PATTERN": "refs/tags/(v"}, "not a regular expression"),
     ("tag-pattern", {"FLEETDECK_HOOK_TAG_PATTERN": r"^refs/tags/v\d+$"}, "needs a group"),
     ("console-users", {"FLEETDECK_CONSOLE_USERS": json.dumps([{"name": "ops", "password_hash": "hunter2",
