@@ -270,6 +270,9 @@ def leaky_instance(env, fleet, store: Path) -> str:
     main.write_text(main.read_text() + "app_health_url: http://127.0.0.1:8099/health\n")
     secret = env.secrets[host.name]
     answer = json.dumps({"status": "ok", "version": "1.0.0", "token": secret})
+    # The hunt runs once per store on one fleet: the previous run's health server (its old secret) goes first.
+    fleet.ssh(host, "systemctl stop hunt-health.service 2>/dev/null; systemctl reset-failed hunt-health.service "
+                    "2>/dev/null; true")
     fleet.ssh(host, f"systemd-run --unit hunt-health python3 -c {shlex.quote(LEAKY_HEALTH)} {shlex.quote(answer)}")
     facts = json.dumps({"current": "1.0.0", "history": [{"version": "1.0.0", "from": secret, "at": "now"}]})
     fleet.ssh(host, f"mkdir -p /etc/ansible/facts.d && echo {shlex.quote(facts)} > /etc/ansible/facts.d/app.fact")
