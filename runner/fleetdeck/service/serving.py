@@ -14,6 +14,7 @@ import logging
 import time
 
 import gevent
+import psycopg.waiting
 from gevent import monkey, socket
 from gunicorn.app.base import BaseApplication
 from gunicorn.http import errors as http
@@ -53,6 +54,9 @@ class RunnerWorker(GeventWorker):
         # needs only select() on the pty to cooperate, and that is patched. subprocess serves only the short
         # git calls of an inventory change (fleetdeck.envgit), which hold the worker for milliseconds.
         monkey.patch_all(os=False, signal=False, subprocess=False)
+        # psycopg picked its C wait (it blocks the worker) when the master imported it before the patch; its
+        # select() wait yields to other greenlets now that select is gevent's.
+        psycopg.waiting.wait = psycopg.waiting.wait_select
         self.sockets = [
             socket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets
         ]
