@@ -1,0 +1,173 @@
+"""Benchmark: runs per minute and POST /v1/runs latency of the runner on SQLite (1 replica) and on PostgreSQL
+(1 and 3 replicas sharing one database), with a no-op action on local targets.
+
+Each configuration starts its replicas as real `fleetdeck-runner` processes over a local environment
+(tests/runner/service.py: hosts with `ansible_connection: local`, the test catalog, whose `ping` runs
+`hostname`), then CLIENTS closed-loop clients for SECONDS: each POSTs a `ping` of its own host (runs take a
+lease on their instance) to the next replica in turn (round-robin), polls that replica until the run ends, and
+posts the next.
+Runs per minute counts the runs that ended `successful` within the window. The configurations differ only in
+the runners' environment: FLEETDECK_DATABASE_URL (unset: SQLite in FLEETDECK_RUNNER_DATA_DIR) and
+FLEETDECK_REPLICA_ID. PostgreSQL is a throwaway server from Debian's binaries (tests/postgres.py), a fresh
+database per configuration.
+
+    .venv/bin/python -m tests.bench.replicas [--seconds 60] [--clients 8] [--only sqlite-1 postgresql-3 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import os
+import secrets
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests import postgres
+from tests.runner.service import RunnerEnv, Server, free_port, make_local_env
+
+CONFIGURATIONS = {"sqlite-1": ("sqlite", 1), "postgresql-1": ("postgresql", 1), "postgresql-3": ("postgresql", 3)}
+ACTIVE = ("queued", "waiting", "running")
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    replicas: int
+    seconds: float
+    runs: int = 0  # ended successful within the window
+    post_latencies: list[float] = dataclasses.field(default_factory=list)
+    failures: list[str] = dataclasses.field(default_factory=list)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+def store_env(store: str, pg: postgres.Server | None, name: str) -> dict[str, str]:
+    """The runners' store settings: a fresh database on `pg` for postgresql, nothing (SQLite) otherwise."""
+    if store == "sqlite":
+        return {}
+    database = user = name.replace("-", "_")
+    password = secrets.token_hex(16)
+    with contextlib.closing(pg.connect()) as conn:
+        conn.run(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+        conn.run(f"CREATE DATABASE {database} OWNER {user}")
+    return {"FLEETDECK_DATABASE_URL": pg.url(database, user, password)}
+
+
+def tables_in(pg: postgres.Server, url: str) -> int:
+    database = url.rsplit("/", 1)[1]
+    with contextlib.closing(pg.connect(database)) as conn:
+        return conn.run("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")[0][0]
+
+
+@contextmanager
+def replicas(env: RunnerEnv, count: int, store: dict[str, str]) -> Iterator[list[Server]]:
+    """`count` runner processes with the same settings and store, each its own port, data dir and replica id."""
+    servers = []
+    try:
+        for i in range(count):
+            home = env.dir / f"replica-{i}"
+            home.mkdir()
+            settings = {**env.env, **store, "FLEETDECK_REPLICA_ID": f"bench-{i}",
+                        "FLEETDECK_RUNNER_DATA_DIR": str(home / "data"), "FLEETDECK_AUDIT_LOG": str(home / "audit.log")}
+            server = Server(dataclasses.replace(env, dir=home, env=settings), free_port())
+            servers.append(server)
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def run_to_end(server: Server, target: str, result: Result | None) -> dict:
+    start = time.perf_counter()
+    status, run = server.call("POST", "/v1/runs", {"action": "ping", "target": target, "wait": True})
+    if result is not None:
+        with result.lock:
+            result.post_latencies.append(time.perf_counter() - start)
+    if status != 202:
+        raise RuntimeError(f"POST /v1/runs answered {status}: {run}")
+    while run["status"] in ACTIVE:
+        time.sleep(0.05)
+        status, run = server.call("GET", f"/v1/runs/{run['id']}")
+        if status != 200:
+            raise RuntimeError(f"GET /v1/runs/{run} answered {status}")
+    return run
+
+
+def client(servers: list[Server], host: str, turns: Iterator[int], deadline: float, result: Result) -> None:
+    while time.monotonic() < deadline:
+        try:
+            run = run_to_end(servers[next(turns) % len(servers)], host, result)
+        except (RuntimeError, OSError) as exc:
+            with result.lock:
+                result.failures.append(str(exc)[:200])
+            time.sleep(0.5)
+            continue
+        with result.lock:
+            if run["status"] != "successful":
+                result.failures.append(f"run {run['id']} ended {run['status']}")
+            elif time.monotonic() <= deadline:
+                result.runs += 1
+
+
+def measure(name: str, pg: postgres.Server | None, seconds: float, clients: int) -> Result:
+    store, count = CONFIGURATIONS[name]
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        hosts = tuple(f"bench-{i}" for i in range(clients))
+        env = make_local_env(Path(tmp), hosts)
+        settings = store_env(store, pg, name)
+        with replicas(env, count, settings) as servers:
+            if store == "postgresql" and not tables_in(pg, settings["FLEETDECK_DATABASE_URL"]):
+                raise SystemExit("the runner made no table in the PostgreSQL database: it does not use "
+                                 "FLEETDECK_DATABASE_URL (is the PostgreSQL store in this checkout?)")
+            for server in servers:  # warm-up, not counted: the first ansible-playbook of each replica
+                run_to_end(server, hosts[0], None)
+            result = Result(name, count, seconds)
+            turns, deadline = itertools.count(), time.monotonic() + seconds
+            threads = [threading.Thread(target=client, args=(servers, host, turns, deadline, result)) for host in hosts]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    return result
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[int(p * (len(ordered) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured window per configuration")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent closed-loop clients")
+    parser.add_argument("--only", nargs="+", choices=CONFIGURATIONS, default=list(CONFIGURATIONS))
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    results = []
+    with contextlib.ExitStack() as stack:
+        pg = None
+        if any(CONFIGURATIONS[name][0] == "postgresql" for name in args.only):
+            pg = stack.enter_context(postgres.server(free_port()))
+        for name in args.only:
+            results.append(measure(name, pg, args.seconds, args.clients))
+    print(f"ping of one local host per run, {args.clients} clients, {args.seconds:.0f} s per configuration, "
+          f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+    print(f"{'store':<14}{'replicas':>9}{'runs':>7}{'runs/min':>10}{'POST p50 ms':>13}{'POST p95 ms':>13}{'failed':>8}")
+    for r in results:
+        lat = r.post_latencies
+        print(f"{r.name.split('-')[0]:<14}{r.replicas:>9}{r.runs:>7}{r.runs * 60 / r.seconds:>10.1f}"
+              f"{statistics.median(lat) * 1000:>13.1f}{percentile(lat, 0.95) * 1000:>13.1f}{len(r.failures):>8}")
+        for failure in sorted(set(r.failures))[:5]:
+            print(f"  {r.name}: {failure}")
+
+
+if __name__ == "__main__":
+    main()
