@@ -75,6 +75,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "inventory.secret.items: required with inventory.secret.name (key -> path of each file)" -}}
 {{- end -}}
 {{- if not $v.ssh.existingSecret -}}
-{{- fail "ssh.existingSecret: required (a Secret with id_ed25519 and known_hosts)" -}}
+{{- fail "ssh.existingSecret: required (a Secret with the SSH private key of the runs, e.g. key id_ed25519)" -}}
 {{- end -}}
 {{- end -}}
