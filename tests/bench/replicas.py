@@ -8,8 +8,8 @@ lease on their instance) to the next replica in turn (round-robin), polls that r
 posts the next.
 Runs per minute counts the runs that ended `successful` within the window. The configurations differ only in
 the runners' environment: FLEETDECK_DATABASE_URL (unset: SQLite in FLEETDECK_RUNNER_DATA_DIR) and
-FLEETDECK_REPLICA_ID. PostgreSQL is a throwaway server from Debian's binaries (tests/postgres.py), a fresh
-database per configuration.
+FLEETDECK_REPLICA_ID. PostgreSQL is the runner tests' throwaway server from Debian's binaries
+(tests/postgres.py, which comes with the PostgreSQL store), a fresh database per configuration.
 
     .venv/bin/python -m tests.bench.replicas [--seconds 60] [--clients 8] [--only sqlite-1 postgresql-3 ...]
 """
@@ -23,6 +23,7 @@ import itertools
 import os
 import secrets
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -30,8 +31,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests import postgres
-from tests.runner.service import RunnerEnv, Server, free_port, make_local_env
+import yaml
+
+from tests.runner.service import RunnerEnv, Server, env_over, free_port
 
 CONFIGURATIONS = {"sqlite-1": ("sqlite", 1), "postgresql-1": ("postgresql", 1), "postgresql-3": ("postgresql", 3)}
 ACTIVE = ("queued", "waiting", "running")
@@ -48,22 +50,28 @@ class Result:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
-def store_env(store: str, pg: postgres.Server | None, name: str) -> dict[str, str]:
+def local_env(base: Path, hosts: tuple[str, ...]) -> RunnerEnv:
+    """As tests/runner/service.py's make_local_env (group `testfleet`, `ansible_connection: local`), with one
+    host per client."""
+    password_file = base / "vault-pass"
+    password_file.write_text(secrets.token_hex(24))
+    password_file.chmod(0o600)
+    inventory = base / "env"
+    inventory.mkdir()
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    tree = {"all": {"children": {"testfleet": {"hosts": dict.fromkeys(hosts, local)}}}}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    return env_over(base, inventory, password_file, {"FLEETDECK_VAULT_PASSWORD_FILE": str(password_file)})
+
+
+def store_env(store: str, pg) -> dict[str, str]:
     """The runners' store settings: a fresh database on `pg` for postgresql, nothing (SQLite) otherwise."""
-    if store == "sqlite":
-        return {}
-    database = user = name.replace("-", "_")
-    password = secrets.token_hex(16)
-    with contextlib.closing(pg.connect()) as conn:
-        conn.run(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
-        conn.run(f"CREATE DATABASE {database} OWNER {user}")
-    return {"FLEETDECK_DATABASE_URL": pg.url(database, user, password)}
+    return {"FLEETDECK_DATABASE_URL": pg.create_database()} if store == "postgresql" else {}
 
 
-def tables_in(pg: postgres.Server, url: str) -> int:
-    database = url.rsplit("/", 1)[1]
-    with contextlib.closing(pg.connect(database)) as conn:
-        return conn.run("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")[0][0]
+def tables_in(pg, url: str) -> int:
+    sql = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+    return pg.admin(sql, url.rsplit("/", 1)[1])[0][0]
 
 
 @contextmanager
@@ -117,12 +125,12 @@ def client(servers: list[Server], host: str, turns: Iterator[int], deadline: flo
                 result.runs += 1
 
 
-def measure(name: str, pg: postgres.Server | None, seconds: float, clients: int) -> Result:
+def measure(name: str, pg, seconds: float, clients: int) -> Result:
     store, count = CONFIGURATIONS[name]
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         hosts = tuple(f"bench-{i}" for i in range(clients))
-        env = make_local_env(Path(tmp), hosts)
-        settings = store_env(store, pg, name)
+        env = local_env(Path(tmp), hosts)
+        settings = store_env(store, pg)
         with replicas(env, count, settings) as servers:
             if store == "postgresql" and not tables_in(pg, settings["FLEETDECK_DATABASE_URL"]):
                 raise SystemExit("the runner made no table in the PostgreSQL database: it does not use "
@@ -155,7 +163,10 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         pg = None
         if any(CONFIGURATIONS[name][0] == "postgresql" for name in args.only):
-            pg = stack.enter_context(postgres.server(free_port()))
+            from tests.postgres import PostgresServer  # the runner tests' server, part of the PostgreSQL store
+
+            pg = PostgresServer().start()
+            stack.callback(pg.stop)
         for name in args.only:
             results.append(measure(name, pg, args.seconds, args.clients))
     print(f"ping of one local host per run, {args.clients} clients, {args.seconds:.0f} s per configuration, "

@@ -3,12 +3,15 @@
 import contextlib
 import hashlib
 import json
+import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,9 +22,9 @@ import pg8000.native
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import postgres as pg_server
 from tests.refapp.build import MTIME, RELEASES, SIGNATURE_NAMESPACE, artifact_name, build, make_signing_key
 
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SRC = Path(__file__).resolve().parent / "src"
 DB_USER = "refapp"
 DB_PASSWORD = "db-" + secrets.token_hex(12)
@@ -40,13 +43,15 @@ def free_port() -> int:
 
 
 class Postgres:
-    """The throwaway server (tests/postgres.py) with the refapp role: its password for user DB_USER."""
-
-    def __init__(self, server: pg_server.Server):
-        self.server, self.port = server, server.port
+    def __init__(self, port: int, superuser_password: str):
+        self.port = port
+        self.superuser_password = superuser_password
 
     def connect(self, database: str = "postgres", user: str = "postgres") -> pg8000.native.Connection:
-        return self.server.connect(database, user, None if user == "postgres" else DB_PASSWORD)
+        password = self.superuser_password if user == "postgres" else DB_PASSWORD
+        return pg8000.native.Connection(
+            user, password=password, host="127.0.0.1", port=self.port, database=database
+        )
 
     def query(self, database: str, sql: str) -> list:
         with contextlib.closing(self.connect(database, DB_USER)) as conn:
@@ -55,12 +60,53 @@ class Postgres:
 
 @pytest.fixture(scope="module")
 def postgres():
-    if not (pg_server.PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL binaries not found in {pg_server.PG_BIN}")
-    with pg_server.server(free_port()) as server:
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")
+    # pytest's tmp_path lives under a root-only directory; the cluster belongs to `postgres`.
+    base = Path(tempfile.mkdtemp(prefix="refapp-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(base, "postgres", "postgres")
+    superuser_password = secrets.token_hex(16)
+    pwfile = base / "pwfile"
+    pwfile.write_text(superuser_password + "\n")
+    if as_postgres:
+        shutil.chown(pwfile, "postgres", "postgres")
+    data, port = base / "data", free_port()
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_postgres, *args], check=True, capture_output=True, cwd=base)
+
+    pg(
+        str(PG_BIN / "initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "postgres",
+        "--auth=scram-sha-256",
+        f"--pwfile={pwfile}",
+        "--encoding=UTF8",
+        "--no-sync",
+    )
+    pg(
+        str(PG_BIN / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(base / "log"),
+        "-w",
+        "start",
+        "-o",
+        f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={base} -c fsync=off",
+    )
+    try:
+        server = Postgres(port, superuser_password)
         with contextlib.closing(server.connect()) as conn:
             conn.run(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'")
-        yield Postgres(server)
+        yield server
+    finally:
+        pg(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(base)
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def make_env(fleet, base: Path) -> RunnerEnv:
 LOCAL_HOSTS = ("local-1", "local-2", "local-3")
 
 
-def make_local_env(base: Path, hosts: tuple[str, ...] = LOCAL_HOSTS) -> RunnerEnv:
+def make_local_env(base: Path) -> RunnerEnv:
     """The same without test hosts: group `testfleet` of hosts with `ansible_connection: local`, so the
     test playbooks run for real, on this machine. For what needs no fleet: validation, auth, errors,
     idempotency, OpenAPI."""
@@ -70,9 +70,9 @@ def make_local_env(base: Path, hosts: tuple[str, ...] = LOCAL_HOSTS) -> RunnerEn
     password_file.write_text(secrets.token_hex(24))
     password_file.chmod(0o600)
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    tree = {"all": {"children": {"testfleet": {"hosts": dict.fromkeys(hosts, local)}}}}
+    tree = {"all": {"children": {"testfleet": {"hosts": dict.fromkeys(LOCAL_HOSTS, local)}}}}
     ansible_env = {"FLEETDECK_VAULT_PASSWORD_FILE": str(password_file)}
-    return _make_env(base, tree, list(hosts), password_file, ansible_env)
+    return _make_env(base, tree, list(LOCAL_HOSTS), password_file, ansible_env)
 
 
 def _make_env(base: Path, tree: dict, hosts: list[str], password_file: Path, ansible_env: dict) -> RunnerEnv:
