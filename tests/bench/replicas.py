@@ -17,6 +17,7 @@ FLEETDECK_REPLICA_ID. PostgreSQL is the runner tests' throwaway server from Debi
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -45,6 +46,7 @@ class Result:
     replicas: int
     seconds: float
     runs: int = 0  # ended successful within the window
+    executed_by: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # replica id -> runs
     post_latencies: list[float] = dataclasses.field(default_factory=list)
     failures: list[str] = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -123,6 +125,7 @@ def client(servers: list[Server], host: str, turns: Iterator[int], deadline: flo
                 result.failures.append(f"run {run['id']} ended {run['status']}")
             elif time.monotonic() <= deadline:
                 result.runs += 1
+                result.executed_by[run.get("replica") or "?"] += 1
 
 
 def measure(name: str, pg, seconds: float, clients: int) -> Result:
@@ -176,6 +179,7 @@ def main() -> None:
         lat = r.post_latencies
         print(f"{r.name.split('-')[0]:<14}{r.replicas:>9}{r.runs:>7}{r.runs * 60 / r.seconds:>10.1f}"
               f"{statistics.median(lat) * 1000:>13.1f}{percentile(lat, 0.95) * 1000:>13.1f}{len(r.failures):>8}")
+        print(f"  {r.name}: runs executed by " + ", ".join(f"{k} {v}" for k, v in sorted(r.executed_by.items())))
         for failure in sorted(set(r.failures))[:5]:
             print(f"  {r.name}: {failure}")
 
