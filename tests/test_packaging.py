@@ -17,6 +17,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from fleetdeck.service.config import from_env
 
 from tests.playbook import REPO
 
@@ -114,6 +115,32 @@ def test_the_chart_lints_and_renders_valid_manifests(mode):
         services = {s["metadata"]["name"]: s["spec"]["selector"] for s in by_kind(docs, "Service")}
         assert services["fd-fleetdeck-runner"]["app.kubernetes.io/component"] == "runner"
         assert services["fd-fleetdeck-runner-postgresql"]["app.kubernetes.io/component"] == "postgresql"
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "postgresql-existing-secrets"])
+def test_the_runner_accepts_the_charts_settings_and_has_every_file_they_name(mode, tmp_path):
+    """The ConfigMap as the pod's environment, the projected Secret keys as the files it mounts: the runner's
+    own settings parser takes them, every *_FILE names a mounted file, and each value arrives."""
+    config = {"maxConcurrentRuns": 3, "cancelGrace": 7, "idleTimeout": 99, "keepArtifacts": 5, "maxStreamsPerToken": 2}
+    docs = render(merged(REQUIRED, MODES[mode], {"config": config}))
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in by_kind(docs, "Secret")}
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    mount = next(m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if m["name"] == "secrets")
+    (tmp_path / "secrets").mkdir()
+    for volume in pod["volumes"]:
+        for source in volume.get("projected", {}).get("sources", []):
+            data = secrets[source["secret"]["name"]]
+            for item in source["secret"].get("items") or [{"key": k, "path": k} for k in data]:
+                (tmp_path / "secrets" / item["path"]).write_text(data[item["key"]])
+    env = {k: v.replace(mount, str(tmp_path / "secrets")) for k, v in by_kind(docs, "ConfigMap")[0]["data"].items()}
+    for name, path in env.items():
+        if name.endswith("_FILE"):
+            assert os.path.isfile(path), f"{name}: {path} is not among the mounted secret files"
+    settings = from_env(env)
+    assert [t.name for t in settings.tokens] == ["hub"]
+    assert (settings.max_concurrent_runs, settings.cancel_grace, settings.idle_timeout, settings.keep_artifacts,
+            settings.max_streams_per_token) == (3, 7, 99, 5, 2)
+    assert str(settings.inventory) == "/srv/fleetdeck/inventory/production"
 
 
 @pytest.mark.parametrize(("values", "message"), [
