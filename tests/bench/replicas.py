@@ -6,10 +6,12 @@ Each configuration starts its replicas as real `fleetdeck-runner` processes over
 `hostname`), then CLIENTS closed-loop clients for SECONDS: each POSTs a `ping` of its own host (runs take a
 lease on their instance) to the next replica in turn (round-robin), polls that replica until the run ends, and
 posts the next.
-Runs per minute counts the runs that ended `successful` within the window. The configurations differ only in
-the runners' environment: FLEETDECK_DATABASE_URL (unset: SQLite in FLEETDECK_RUNNER_DATA_DIR) and
-FLEETDECK_REPLICA_ID. PostgreSQL is the runner tests' throwaway server from Debian's binaries
-(tests/postgres.py, which comes with the PostgreSQL store), a fresh database per configuration.
+Runs per minute counts the runs that ended `successful` within the window; CPU per run is the CPU time the
+replicas' process trees (runner, ansible-playbook and its workers) used over the window, divided by those runs
+(PostgreSQL's own is not included), a figure that depends less on what else loads the machine. The
+configurations differ only in the runners' environment: FLEETDECK_DATABASE_URL (unset: SQLite in
+FLEETDECK_RUNNER_DATA_DIR) and FLEETDECK_REPLICA_ID. PostgreSQL is the runner tests' throwaway server from
+Debian's binaries (tests/postgres.py, which comes with the PostgreSQL store), a fresh database per configuration.
 
     .venv/bin/python -m tests.bench.replicas [--seconds 60] [--clients 8] [--only sqlite-1 postgresql-3 ...]
 """
@@ -46,6 +48,7 @@ class Result:
     replicas: int
     seconds: float
     runs: int = 0  # ended successful within the window
+    cpu: float = 0.0  # seconds of CPU of the replicas' process trees (playbooks included) over the window
     executed_by: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # replica id -> runs
     post_latencies: list[float] = dataclasses.field(default_factory=list)
     failures: list[str] = dataclasses.field(default_factory=list)
@@ -128,6 +131,25 @@ def client(servers: list[Server], host: str, turns: Iterator[int], deadline: flo
                 result.executed_by[run.get("replica") or "?"] += 1
 
 
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds used so far by the processes under `roots` (themselves included): each live process's own
+    time plus that of the children it has waited for (finished playbooks)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))  # ppid, u+s+cu+cs
+    children = collections.defaultdict(list)
+    for pid, (ppid, _) in stats.items():
+        children[ppid].append(pid)
+    todo, ticks = [r for r in roots if r in stats], 0
+    while todo:
+        pid = todo.pop()
+        ticks += stats[pid][1]
+        todo.extend(children[pid])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def measure(name: str, pg, seconds: float, clients: int) -> Result:
     store, count = CONFIGURATIONS[name]
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
@@ -141,10 +163,14 @@ def measure(name: str, pg, seconds: float, clients: int) -> Result:
             for server in servers:  # warm-up, not counted: the first ansible-playbook of each replica
                 run_to_end(server, hosts[0], None)
             result = Result(name, count, seconds)
+            roots = [s.proc.pid for s in servers]
+            cpu_start = tree_cpu(roots)
             turns, deadline = itertools.count(), time.monotonic() + seconds
             threads = [threading.Thread(target=client, args=(servers, host, turns, deadline, result)) for host in hosts]
             for thread in threads:
                 thread.start()
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            result.cpu = tree_cpu(roots) - cpu_start
             for thread in threads:
                 thread.join()
     return result
@@ -174,11 +200,13 @@ def main() -> None:
             results.append(measure(name, pg, args.seconds, args.clients))
     print(f"ping of one local host per run, {args.clients} clients, {args.seconds:.0f} s per configuration, "
           f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
-    print(f"{'store':<14}{'replicas':>9}{'runs':>7}{'runs/min':>10}{'POST p50 ms':>13}{'POST p95 ms':>13}{'failed':>8}")
+    print(f"{'store':<14}{'replicas':>9}{'runs':>7}{'runs/min':>10}{'POST p50 ms':>13}{'POST p95 ms':>13}"
+          f"{'CPU s/run':>11}{'failed':>8}")
     for r in results:
         lat = r.post_latencies
         print(f"{r.name.split('-')[0]:<14}{r.replicas:>9}{r.runs:>7}{r.runs * 60 / r.seconds:>10.1f}"
-              f"{statistics.median(lat) * 1000:>13.1f}{percentile(lat, 0.95) * 1000:>13.1f}{len(r.failures):>8}")
+              f"{statistics.median(lat) * 1000:>13.1f}{percentile(lat, 0.95) * 1000:>13.1f}"
+              f"{r.cpu / max(r.runs, 1):>11.2f}{len(r.failures):>8}")
         print(f"  {r.name}: runs executed by " + ", ".join(f"{k} {v}" for k, v in sorted(r.executed_by.items())))
         for failure in sorted(set(r.failures))[:5]:
             print(f"  {r.name}: {failure}")
