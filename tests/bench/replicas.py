@@ -35,11 +35,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from fleetdeck.service.store import ACTIVE
 
 from tests.runner.service import RunnerEnv, Server, env_over, free_port
 
 CONFIGURATIONS = {"sqlite-1": ("sqlite", 1), "postgresql-1": ("postgresql", 1), "postgresql-3": ("postgresql", 3)}
-ACTIVE = ("queued", "waiting", "running")
 
 
 @dataclasses.dataclass
