@@ -34,7 +34,8 @@ MODES = {
     "sqlite": {},
     "postgresql-external": {"store": "postgresql", "replicaCount": 3,
                             "postgresql": {"external": {"url": "postgresql://fd:pw@db.example:5432/fd"}},
-                            "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "runner-tls"}},
+                            "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "runner-tls"},
+                            "auditLog": {"existingClaim": "fleetdeck-audit"}},
     "postgresql-existing-secrets": {
         "store": "postgresql", "replicaCount": 2,
         "secrets": {"existingSecret": "runner-secrets", "runnerTokens": "", "vaultPassword": ""},
@@ -90,11 +91,19 @@ def test_the_chart_lints_and_renders_valid_manifests(mode):
         assert volumes["data"]["persistentVolumeClaim"]["claimName"] == by_kind(docs, "PersistentVolumeClaim")[0][
             "metadata"]["name"]
         assert "FLEETDECK_DATABASE_URL_FILE" not in config
+        assert config["FLEETDECK_AUDIT_LOG"] == "/var/lib/fleetdeck-runner/audit.log"
         return
     assert runner["spec"]["replicas"] == MODES[mode]["replicaCount"]
     assert runner["spec"]["strategy"]["type"] == "RollingUpdate"
     assert not by_kind(docs, "PersistentVolumeClaim") and "emptyDir" in volumes["data"]
     assert config["FLEETDECK_DATABASE_URL_FILE"] == "/run/secrets/fleetdeck/database-url"
+    # Each pod its own audit log (env entries are expanded in order: the replica id is set before).
+    assert env.index("FLEETDECK_REPLICA_ID") < env.index("FLEETDECK_AUDIT_LOG")
+    assert next(e["value"] for e in container["env"] if e["name"] == "FLEETDECK_AUDIT_LOG") == (
+        "/var/log/fleetdeck/$(FLEETDECK_REPLICA_ID).log")
+    audit_claim = MODES[mode].get("auditLog", {}).get("existingClaim")
+    assert volumes["audit"] == ({"name": "audit", "persistentVolumeClaim": {"claimName": audit_claim}} if audit_claim
+                                else {"name": "audit", "emptyDir": {}})
     secrets = {d["metadata"]["name"]: d.get("stringData", {}) for d in by_kind(docs, "Secret")}
     if mode == "postgresql-external":
         assert projected == [("fd-fleetdeck-runner", None)]
