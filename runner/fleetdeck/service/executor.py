@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ansible_runner import Runner, RunnerConfig
 
-from . import processes
+from . import nodes, processes
 from .catalog import Catalog
 from .config import Settings
 from .redaction import Redactor
@@ -239,57 +239,38 @@ class Executor:
         (private / "env" / "settings").write_text(
             json.dumps({"pexpect_timeout": 0.5, "suppress_output_file": True})
         )
-        cmdline = []
-        if self.password_file:
-            cmdline.append(f"--vault-id fleetdeck@{self.password_file}")
-        if run["check"]:
-            cmdline.append("--check --diff")
-        project = self.settings.project_dir
+        options = {
+            "limit": run["target"],
+            "extravars": {**run["params"], "fleetdeck_target": run["target"]},
+            "cmdline": "--check --diff" if run["check"] else None,
+            "suppress_env_files": True,
+            "quiet": True,
+            "ident": "artifacts",
+            "fact_cache_type": "memory",
+        }
         envvars = {
             "FLEETDECK_RUN_SOURCE": processes.run_marker(run_id),
             "FLEETDECK_OPERATOR": run["operator"],
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_NOCOLOR": "1",
-            # ansible-playbook of this Python environment, even when its bin/ is not on PATH
-            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         }
-        if (project / "ansible.cfg").is_file():
-            envvars["ANSIBLE_CONFIG"] = str(project / "ansible.cfg")
-        if self.password_file:
-            # ansible.cfg's vault_identity_list runs scripts/vault-pass-client: point it at the same file.
-            envvars["FLEETDECK_VAULT_PASSWORD_FILE"] = str(self.password_file)
         events: queue.Queue = queue.Queue()
 
         def event_handler(event: dict) -> bool:
             events.put(event)
             return False  # raw events would hold unredacted text on disk
 
-        # ansible_runner.run_async without its risky defaults: the environment is cut down to the allowlist
-        # after ansible-runner seeded it with the service's, facts are not cached on disk, and host keys
-        # are checked as ansible.cfg says (ansible-runner's StrictHostKeyChecking=no would win over it).
-        config = RunnerConfig(
-            private_data_dir=str(private),
-            project_dir=str(project),
-            playbook=str(project / action.playbook),
-            inventory=str(self.settings.inventory),
-            limit=run["target"],
-            extravars={**run["params"], "fleetdeck_target": run["target"]},
-            cmdline=" ".join(cmdline) or None,
-            envvars=envvars,
-            suppress_env_files=True,
-            quiet=True,
-            ident="artifacts",
-            fact_cache_type="memory",
-        )
-        config.prepare()
-        config.env = child_env(config.env)
-        if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:  # ansible-runner turns it off; ansible.cfg decides
-            config.env.pop("ANSIBLE_HOST_KEY_CHECKING", None)
-        runner = Runner(
-            config,
-            event_handler=event_handler,
-            cancel_callback=lambda: self._should_kill(run_id, control, action.timeout),
-        )
+        def cancel() -> bool:
+            return self._should_kill(run_id, control, action.timeout)
+
+        node = nodes.find(self.settings.execution_nodes, run.get("node"))
+        if node:
+            # ssh gets the run's marker: cancel, timeouts and a restart find it like a local ansible-playbook
+            ssh_env = child_env(dict(os.environ)) | {"FLEETDECK_RUN_SOURCE": envvars["FLEETDECK_RUN_SOURCE"]}
+            runner = nodes.remote_job(node, self.settings, private, action.playbook, self.password_file,
+                                      options, envvars, ssh_env, event_handler, cancel)
+        else:
+            runner = self._local_runner(private, action, options, envvars, event_handler, cancel)
         thread = threading.Thread(target=runner.run, name=f"ansible-runner-{run_id}", daemon=True)
         thread.start()
         hosts: dict = {}
@@ -319,8 +300,39 @@ class Executor:
         status = (
             runner.status if runner.status in ("successful", "failed", "timeout", "canceled") else "error"
         )
-        reason = None if status == "successful" else f"ansible-playbook exited with rc {runner.rc}"
-        return status, runner.rc, reason
+        explanation = getattr(runner, "explanation", None)  # a remote run's broken connection, naming the node
+        reason = None if status == "successful" else explanation or f"ansible-playbook exited with rc {runner.rc}"
+        return status, runner.rc, redactor.text(reason) if reason else None
+
+    def _local_runner(self, private: Path, action, options: dict, envvars: dict, event_handler, cancel) -> Runner:
+        """ansible_runner.run_async without its risky defaults: the environment is cut down to the allowlist
+        after ansible-runner seeded it with the service's, facts are not cached on disk, and host keys are
+        checked as ansible.cfg says (ansible-runner's StrictHostKeyChecking=no would win over it)."""
+        project = self.settings.project_dir
+        cmdline = [f"--vault-id fleetdeck@{self.password_file}"] if self.password_file else []
+        envvars = {
+            **envvars,
+            # ansible-playbook of this Python environment, even when its bin/ is not on PATH
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
+        if (project / "ansible.cfg").is_file():
+            envvars["ANSIBLE_CONFIG"] = str(project / "ansible.cfg")
+        if self.password_file:
+            # ansible.cfg's vault_identity_list runs scripts/vault-pass-client: point it at the same file.
+            envvars["FLEETDECK_VAULT_PASSWORD_FILE"] = str(self.password_file)
+        config = RunnerConfig(
+            private_data_dir=str(private),
+            project_dir=str(project),
+            playbook=str(project / action.playbook),
+            inventory=str(self.settings.inventory),
+            envvars=envvars,
+            **{**options, "cmdline": " ".join([*cmdline, options["cmdline"] or ""]).strip() or None},
+        )
+        config.prepare()
+        config.env = child_env(config.env)
+        if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:  # ansible-runner turns it off; ansible.cfg decides
+            config.env.pop("ANSIBLE_HOST_KEY_CHECKING", None)
+        return Runner(config, event_handler=event_handler, cancel_callback=cancel)
 
     def _should_kill(self, run_id: str, control: Control, job_timeout: float) -> bool:
         """A stop reason appears: SIGTERM now; after the grace, True lets ansible-runner SIGKILL the group."""

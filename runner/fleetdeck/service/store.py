@@ -45,7 +45,7 @@ ACTIVE = ("queued", "waiting", "running")
 FINISHED = ("successful", "failed", "canceled", "timeout", "interrupted", "error")
 RUN_COLUMNS = (
     "id, action, target, params, check_mode, instances, operator, source, status, rc, reason, hosts, "
-    "created, started, finished, seq"
+    "created, started, finished, seq, node"
 )
 
 
@@ -105,12 +105,17 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_column("runs", "node TEXT")  # schema change (execution node of a run): move to a migration
             self._db.execute("PRAGMA user_version = 1")  # a write: a read-only store fails here, not later
             path.chmod(0o600)
         except sqlite3.Error as exc:
             raise StoreUnavailable(path, str(exc)) from None
         except OSError as exc:
             raise StoreUnavailable(path, exc.strerror or str(exc)) from None
+
+    def _add_column(self, table: str, column: str) -> None:
+        with contextlib.suppress(sqlite3.OperationalError):  # "duplicate column name": the store has it
+            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def close(self) -> None:
         with self._lock:
@@ -176,7 +181,7 @@ class Store:
                 self._acquire(db, run["id"], run["instances"])
             db.execute(
                 "INSERT INTO runs (id, action, target, params, check_mode, instances, operator, source, "
-                "status, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "status, created, node) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run["id"],
                     run["action"],
@@ -188,6 +193,7 @@ class Store:
                     run["source"],
                     run["status"],
                     run["created"],
+                    run.get("node"),
                 ),
             )
             if idempotency:
