@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from fleetdeck import vault
 from fleetdeck.service.processes import process_groups
 
@@ -198,3 +203,125 @@ def test_check_mode_and_the_audit_environment(app, client, env, hosts):
     trail = app.extensions["fleetdeck"].store.audit_trail(run["id"])
     assert [t["what"] for t in trail] == ["run.created", "run.finished"]
     assert os.environ.get("FLEETDECK_RUN_SOURCE") is None
+
+
+# -- remote execution nodes: hosts[0] is node eu-1 for hosts[1] (group eu); hosts[2] names eu-2, a node whose
+# SSH port is closed; a fresh runner over its own copy of the environment ------------------------------------
+
+NODE_KEY = "/root/.ssh/fleetdeck-instances"  # on the node: its own key to the instances
+
+
+@pytest.fixture(scope="module")
+def node_env(fleet, tmp_path_factory):
+    runner_env = make_env(fleet, tmp_path_factory.mktemp("nodes"))
+    node, eu_instance, ap_instance = fleet.hosts
+    inventory = runner_env.inventory
+    tree = yaml.safe_load((inventory / "hosts.yml").read_text())
+    testfleet = tree["all"]["children"]["testfleet"]
+    testfleet["children"] = {"eu": {"hosts": {eu_instance.name: None}}, "ap": {"hosts": {ap_instance.name: None}}}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    # What a region's group_vars hold: its node, and how the node reaches the instances (paths on the node).
+    (inventory / "group_vars").mkdir()
+    ssh_args = "-o UserKnownHostsFile={{ inventory_dir }}/known_hosts -o StrictHostKeyChecking=yes"
+    for group, name in (("eu", "eu-1"), ("ap", "eu-2")):
+        (inventory / "group_vars" / f"{group}.yml").write_text(yaml.safe_dump({
+            "fleetdeck_execution_node": name, "ansible_ssh_private_key_file": NODE_KEY,
+            "ansible_ssh_common_args": ssh_args}))
+    shutil.copy(fleet.known_hosts, inventory / "known_hosts")
+    subprocess.run(["ssh", *fleet.ssh_args(), f"root@{node.address}", f"umask 077 && cat > {NODE_KEY}"],
+                   input=fleet.key_file.read_bytes(), check=True)
+    runner = str(Path(sys.executable).with_name("ansible-runner"))  # the node sees this machine's files
+    runner_env.env["FLEETDECK_EXECUTION_NODES"] = json.dumps([
+        {"name": "eu-1", "host": node.address, "user": "root", "identity_file": str(fleet.key_file),
+         "ansible_runner": runner},
+        {"name": "eu-2", "host": node.address, "port": 2222, "user": "root", "identity_file": str(fleet.key_file),
+         "ansible_runner": runner}])
+    with in_process(runner_env):
+        yield runner_env
+
+
+@pytest.fixture(scope="module")
+def node_app(node_env):
+    with app_for(node_env) as application:
+        yield application
+
+
+@pytest.fixture
+def node_client(node_app):
+    return node_app.test_client()
+
+
+def on_node(fleet, command: str) -> str:
+    return fleet.ssh(fleet.hosts[0], command, check=False).stdout
+
+
+def node_files_with(fleet, needles: list[str]) -> list[str]:
+    """Files the node wrote (its overlay's upper layer, its /tmp, /run and /dev/shm) that hold one of `needles`."""
+    node = fleet.hosts[0]
+    hostdir = fleet.dir / "hosts" / node.name
+    pid = subprocess.run(["ip", "netns", "pids", node.netns], capture_output=True, text=True).stdout.split()[0]
+    places = [hostdir / "mnt" / "upper", *(hostdir / "root" / d for d in ("tmp", "run", "dev/shm"))]
+    found = subprocess.run(["nsenter", "-t", pid, "-m", "--", "grep", "-rlF", "-f", "-", *map(str, places)],
+                           input="\n".join(needles), capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr
+    return found.stdout.split()
+
+
+def test_a_run_on_an_execution_node_streams_its_events_back(node_client, node_env, fleet):
+    instance = fleet.hosts[1].name
+    response = start(node_client, node_env, "leak", instance)
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["node"] == "eu-1"
+    run = finished(node_client, node_env, response.get_json()["id"], timeout=180)
+    events = node_client.get(f"/v1/runs/{run['id']}/events?limit=1000", headers=node_env.auth()).get_json()["events"]
+    assert run["status"] == "successful", (run, [e["stdout"] for e in events])
+    assert run["node"] == "eu-1" and set(run["hosts"]) == {instance}
+    assert run["hosts"][instance]["result"] == "ok"
+    oks = {(e["task"], e["host"]) for e in events if e["type"] == "runner_on_ok"}
+    assert oks == {("Print the secret", instance), ("Echo the secret on the host", instance)}, oks
+    assert any("the secret is ********" in e["stdout"] for e in events)
+    # ansible-playbook ran on the node, in the worker's private dir there, which is gone now
+    command = json.loads((node_env.dir / "data/runs" / run["id"] / "artifacts/artifacts/command").read_text())
+    assert command["cwd"].startswith("/tmp/fleetdeck-run-") and command["env"]["FLEETDECK_RUN_SOURCE"]
+    assert on_node(fleet, "ls -d /tmp/fleetdeck-run-* 2>/dev/null") == ""
+    # no secret on the node's disk, in the store, the run dirs or the answers
+    password = vault.read_password(node_env.password_file).decode()
+    needles = [*node_env.secrets.values(), password]
+    assert node_files_with(fleet, needles) == []
+    assert node_files_with(fleet, [fleet.hosts[1].name]), "the search finds what the node wrote"
+    stored = b"".join(p.read_bytes() for p in (node_env.dir / "data").rglob("*") if p.is_file())
+    answers = json.dumps(events) + json.dumps(run)
+    for needle in needles:
+        assert needle.encode() not in stored and needle not in answers
+
+
+def test_cancel_stops_ansible_playbook_on_the_node(node_client, node_env, fleet):
+    run = start(node_client, node_env, "sleep", fleet.hosts[1].name, params={"sleep_seconds": 300}).get_json()
+    wait_until(lambda: any(e["type"] == "runner_on_start" for e in node_client.get(
+        f"/v1/runs/{run['id']}/events", headers=node_env.auth()).get_json()["events"]), timeout=120)
+    assert "ansible-playbook" in on_node(fleet, "ps -eo args"), "the run is not running on the node"
+    assert node_client.post(f"/v1/runs/{run['id']}/cancel", headers=node_env.auth()).status_code == 202
+    done = finished(node_client, node_env, run["id"], timeout=30)
+    assert done["status"] == "canceled" and done["reason"] == "canceled" and done["node"] == "eu-1"
+    wait_until(lambda: "ansible-playbook" not in on_node(fleet, "ps -eo args"), timeout=20)
+    assert "ansible-runner" not in on_node(fleet, "ps -eo args")
+    assert on_node(fleet, "ls -d /tmp/fleetdeck-run-* 2>/dev/null") == ""
+    assert not process_groups(run["id"])
+
+
+def test_instances_on_different_nodes_are_refused_and_an_unreachable_node_is_named(node_client, node_env, fleet):
+    node, eu, ap = (h.name for h in fleet.hosts)
+    refused = start(node_client, node_env, "ping", "testfleet")
+    assert refused.status_code == 422, refused.get_json()
+    error = refused.get_json()["error"]
+    assert error["code"] == "mixed_execution_nodes"
+    assert error["nodes"] == {"eu-1": [eu], "eu-2": [ap], "local": [node]}
+    assert f"eu-1: {eu}" in error["message"] and f"local: {node}" in error["message"]
+
+    local = finished(node_client, node_env, start(node_client, node_env, "ping", node).get_json()["id"])
+    assert local["status"] == "successful" and local["node"] is None
+
+    broken = finished(node_client, node_env, start(node_client, node_env, "ping", ap).get_json()["id"])
+    assert broken["status"] == "error" and broken["node"] == "eu-2"
+    assert broken["reason"].startswith(f"execution node eu-2 ({fleet.hosts[0].address} port 2222) unreachable"), broken
+    assert "Connection refused" in broken["reason"]
