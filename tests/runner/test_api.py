@@ -267,6 +267,15 @@ def node_files_with(fleet, needles: list[str]) -> list[str]:
     return found.stdout.split()
 
 
+def node_processes_with(fleet, needles: list[str]) -> str:
+    """The count of the node's processes whose arguments or environment hold one of `needles` (read there)."""
+    script = "for p in /proc/[0-9]*; do cat $p/cmdline $p/environ 2>/dev/null | grep -qaF -f /dev/fd/3 && echo $p; done"
+    found = subprocess.run(["ssh", *fleet.ssh_args(), f"root@{fleet.hosts[0].address}",
+                            f"cat > /run/needles && {script} 3</run/needles; rm /run/needles"],
+                           input="\n".join(needles), capture_output=True, text=True, check=True)
+    return found.stdout
+
+
 def test_a_run_on_an_execution_node_streams_its_events_back(node_client, node_env, fleet):
     instance = fleet.hosts[1].name
     response = start(node_client, node_env, "leak", instance)
@@ -287,8 +296,10 @@ def test_a_run_on_an_execution_node_streams_its_events_back(node_client, node_en
     # no secret on the node's disk, in the store, the run dirs or the answers
     password = vault.read_password(node_env.password_file).decode()
     needles = [*node_env.secrets.values(), password]
-    assert node_files_with(fleet, needles) == []
-    assert node_files_with(fleet, [fleet.hosts[1].name]), "the search finds what the node wrote"
+    canary = f"canary-{run['id']}"  # proves the search sees what the node writes
+    on_node(fleet, f"echo {canary} > /tmp/canary")
+    canary_file = fleet.dir / "hosts" / fleet.hosts[0].name / "root/tmp/canary"
+    assert node_files_with(fleet, [canary, *needles]) == [str(canary_file)]
     stored = b"".join(p.read_bytes() for p in (node_env.dir / "data").rglob("*") if p.is_file())
     answers = json.dumps(events) + json.dumps(run)
     for needle in needles:
@@ -300,6 +311,9 @@ def test_cancel_stops_ansible_playbook_on_the_node(node_client, node_env, fleet)
     wait_until(lambda: any(e["type"] == "runner_on_start" for e in node_client.get(
         f"/v1/runs/{run['id']}/events", headers=node_env.auth()).get_json()["events"]), timeout=120)
     assert "ansible-playbook" in on_node(fleet, "ps -eo args"), "the run is not running on the node"
+    password = vault.read_password(node_env.password_file).decode()
+    assert node_processes_with(fleet, [f"runner:{run['id']}"]), "the search finds the run's processes"
+    assert node_processes_with(fleet, [password, *node_env.secrets.values()]) == ""
     assert node_client.post(f"/v1/runs/{run['id']}/cancel", headers=node_env.auth()).status_code == 202
     done = finished(node_client, node_env, run["id"], timeout=30)
     assert done["status"] == "canceled" and done["reason"] == "canceled" and done["node"] == "eu-1"

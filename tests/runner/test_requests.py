@@ -396,3 +396,33 @@ def test_a_broken_inventory_is_503_naming_the_file_and_nothing_runs(tmp_path):
         assert str(hosts_file) in started.get_json()["error"]["message"]
         is_api_error(client.get("/v1/instances", headers=broken.auth()), 503, "inventory_unavailable")
         assert client.get("/v1/runs", headers=broken.auth()).get_json()["runs"] == []
+
+
+def test_execution_nodes_come_from_group_vars_and_a_mix_or_an_unknown_node_is_refused(tmp_path):
+    """Node selection ranks group vars as Ansible does (child group over parent, host vars over both); nothing
+    connects here: refused requests start no run, and nodes.select is what runs.start calls."""
+    from fleetdeck import inventory
+    from fleetdeck.service import nodes
+    from fleetdeck.service.config import ExecutionNode
+
+    (tmp_path / "group_vars" / "region").mkdir(parents=True)
+    (tmp_path / "host_vars" / "c").mkdir(parents=True)
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n  children:\n    fleet:\n      vars: {fleetdeck_execution_node: ''}\n      hosts: {a: , b: , c: , d: }\n"
+        "      children:\n        region:\n          hosts: {b: , c: }\n")
+    (tmp_path / "group_vars" / "region" / "main.yml").write_text("fleetdeck_execution_node: eu-1\n")
+    (tmp_path / "host_vars" / "c" / "main.yml").write_text("fleetdeck_execution_node: eu-2\n")
+    inv = inventory.load(tmp_path)
+    assert [inv.host_var(h, nodes.NODE_VAR) for h in "abcd"] == ["", "eu-1", "eu-2", ""]
+    known = (ExecutionNode("eu-1", "10.0.0.1"), ExecutionNode("eu-2", "10.0.0.2"))
+    assert nodes.select(known, inv, ["b"]) == "eu-1"
+    assert nodes.select(known, inv, ["a", "d"]) is None
+    with pytest.raises(nodes.NodeRefused) as mixed:
+        nodes.select(known, inv, ["a", "b", "c"])
+    assert mixed.value.code == "mixed_execution_nodes"
+    assert mixed.value.nodes == {"local": ["a"], "eu-1": ["b"], "eu-2": ["c"]}
+    assert "(eu-1: b; eu-2: c; local: a)" in str(mixed.value)
+    with pytest.raises(nodes.NodeRefused) as unknown:
+        nodes.select(known[:1], inv, ["c"])
+    assert unknown.value.code == "unknown_execution_node" and "eu-2" in str(unknown.value) and ": instance(s) c" in str(
+        unknown.value)
