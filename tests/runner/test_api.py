@@ -16,7 +16,7 @@ import yaml
 from fleetdeck import vault
 from fleetdeck.service.processes import process_groups
 
-from tests.runner.service import app_for, in_process, make_env, wait_until
+from tests.runner.service import app_for, in_process, make_env, run_environments, wait_until
 
 FLEET_SIZE = 3
 pytestmark = pytest.mark.fleet
@@ -293,6 +293,8 @@ def test_a_run_on_an_execution_node_streams_its_events_back(node_client, node_en
     command = json.loads((node_env.dir / "data/runs" / run["id"] / "artifacts/artifacts/command").read_text())
     assert command["cwd"].startswith("/tmp/fleetdeck-run-") and command["env"]["FLEETDECK_RUN_SOURCE"]
     assert on_node(fleet, "ls -d /tmp/fleetdeck-run-* 2>/dev/null") == ""
+    kept = {p.name for p in (node_env.dir / "data/runs" / run["id"]).rglob("*") if p.is_file()}
+    assert kept == {"command", "status", "rc"}, "the run dir is scrubbed as a local run's"
     # no secret on the node's disk, in the store, the run dirs or the answers
     password = vault.read_password(node_env.password_file).decode()
     needles = [*node_env.secrets.values(), password]
@@ -314,6 +316,10 @@ def test_cancel_stops_ansible_playbook_on_the_node(node_client, node_env, fleet)
     password = vault.read_password(node_env.password_file).decode()
     assert node_processes_with(fleet, [f"runner:{run['id']}"]), "the search finds the run's processes"
     assert node_processes_with(fleet, [password, *node_env.secrets.values()]) == ""
+    local = run_environments(run["id"])
+    assert local, "no local process (ssh) of the remote run found"
+    for pid, environ in local.items():
+        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes() + environ, pid
     assert node_client.post(f"/v1/runs/{run['id']}/cancel", headers=node_env.auth()).status_code == 202
     done = finished(node_client, node_env, run["id"], timeout=30)
     assert done["status"] == "canceled" and done["reason"] == "canceled" and done["node"] == "eu-1"

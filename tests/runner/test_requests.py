@@ -426,3 +426,23 @@ def test_execution_nodes_come_from_group_vars_and_a_mix_or_an_unknown_node_is_re
         nodes.select(known[:1], inv, ["c"])
     assert unknown.value.code == "unknown_execution_node" and "eu-2" in str(unknown.value) and ": instance(s) c" in str(
         unknown.value)
+
+
+def test_a_node_run_stages_the_project_content_and_the_inventory_but_no_password_file(tmp_path):
+    from fleetdeck.service import nodes
+
+    from tests.playbook import REPO
+
+    inventory = tmp_path / "env"
+    (inventory / "host_vars").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text("all: {}\n")
+    (inventory / "vault-pass").write_text("not for the node\n")
+    private = tmp_path / "private"
+    private.mkdir()
+    nodes.stage(private, REPO, inventory, "tests/runner/playbooks/ping.yml", inventory / "vault-pass")
+    staged = private / "project"
+    assert sorted(p.name for p in staged.iterdir()) == ["ansible.cfg", "collections", "playbooks", "roles", "tests"]
+    assert sorted(p.name for p in (staged / "tests/runner/playbooks").iterdir()) == sorted(
+        p.name for p in (REPO / "tests/runner/playbooks").iterdir())
+    assert [p.name for p in (staged / "tests").iterdir()] == ["runner"]
+    assert sorted(p.name for p in (private / "inventory").iterdir()) == ["host_vars", "hosts.yml"]

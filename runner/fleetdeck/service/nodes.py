@@ -135,9 +135,10 @@ def stage(private: Path, project: Path, inventory: Path, playbook: str, password
     """Copy what ansible-playbook reads on the node into the run's private data dir (project/, inventory/):
     PROJECT_CONTENT and the playbook's own directory, the inventory but the vault password file."""
     skipped = shutil.ignore_patterns("__pycache__", "*.pyc", ".git")
+    secret = password_file.resolve() if password_file else None
 
     def ignore(directory: str, names: list[str]) -> set[str]:
-        return set(skipped(directory, names)) | {n for n in names if password_file == Path(directory, n).resolve()}
+        return set(skipped(directory, names)) | {n for n in names if Path(directory, n).resolve() == secret}
 
     wanted = list(PROJECT_CONTENT)
     parent = Path(playbook).parent
