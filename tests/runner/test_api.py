@@ -329,6 +329,21 @@ def test_cancel_stops_ansible_playbook_on_the_node(node_client, node_env, fleet)
     assert not process_groups(run["id"])
 
 
+def test_a_remote_run_past_its_timeout_ends_timeout_and_stops_on_the_node(node_app, node_client, node_env, fleet):
+    action = node_app.extensions["fleetdeck"].catalog.actions["sleep"]
+    object.__setattr__(action, "timeout", 15)
+    try:
+        run = start(node_client, node_env, "sleep", fleet.hosts[1].name).get_json()
+        wait_until(lambda: any(e["type"] == "runner_on_start" for e in node_client.get(
+            f"/v1/runs/{run['id']}/events", headers=node_env.auth()).get_json()["events"]), timeout=15)
+        done = finished(node_client, node_env, run["id"], timeout=60)
+    finally:
+        object.__setattr__(action, "timeout", 120)
+    assert done["status"] == "timeout" and done["node"] == "eu-1", done
+    wait_until(lambda: "ansible-playbook" not in on_node(fleet, "ps -eo args"), timeout=20)
+    assert on_node(fleet, "ls -d /tmp/fleetdeck-run-* 2>/dev/null") == ""
+
+
 def test_instances_on_different_nodes_are_refused_and_an_unreachable_node_is_named(node_client, node_env, fleet):
     node, eu, ap = (h.name for h in fleet.hosts)
     refused = start(node_client, node_env, "ping", "testfleet")
