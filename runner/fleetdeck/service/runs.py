@@ -3,7 +3,8 @@ and whatever comes next). Callers hand over a run request as a JSON-like dict an
 ApiError; each refusal has one code and one status wherever it comes from.
 
 Checks, in order: the request's fields, the action (catalog), its parameters (the action's JSON Schema),
-the flags, the target (inventory), then one store transaction for the idempotency key and the leases.
+the flags, the target (inventory), its execution node (nodes.py: one for all its instances, or none),
+then one store transaction for the idempotency key and the leases.
 """
 
 from __future__ import annotations

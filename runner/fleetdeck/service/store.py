@@ -105,17 +105,14 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-            self._add_column("runs", "node TEXT")  # schema change (execution node of a run): move to a migration
+            if "node" not in {c[1] for c in self._db.execute("PRAGMA table_info(runs)")}:  # rnod: move to a migration
+                self._db.execute("ALTER TABLE runs ADD COLUMN node TEXT")  # the run's execution node (nodes.py)
             self._db.execute("PRAGMA user_version = 1")  # a write: a read-only store fails here, not later
             path.chmod(0o600)
         except sqlite3.Error as exc:
             raise StoreUnavailable(path, str(exc)) from None
         except OSError as exc:
             raise StoreUnavailable(path, exc.strerror or str(exc)) from None
-
-    def _add_column(self, table: str, column: str) -> None:
-        with contextlib.suppress(sqlite3.OperationalError):  # "duplicate column name": the store has it
-            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def close(self) -> None:
         with self._lock:
