@@ -214,6 +214,9 @@ NODE_KEY = "/root/.ssh/fleetdeck-instances"  # on the node: its own key to the i
 @pytest.fixture(scope="module")
 def node_env(fleet, tmp_path_factory):
     runner_env = make_env(fleet, tmp_path_factory.mktemp("nodes"))
+    # where runs write on the controller (node runs: node_return.py brings it back)
+    runner_env.env["FLEETDECK_AUDIT_LOG"] = str(runner_env.dir / "audit.log")
+    runner_env.env["FLEETDECK_BACKUP_STORE"] = str(runner_env.dir / "backups")
     node, eu_instance, ap_instance = fleet.hosts
     inventory = runner_env.inventory
     tree = yaml.safe_load((inventory / "hosts.yml").read_text())
@@ -360,3 +363,57 @@ def test_instances_on_different_nodes_are_refused_and_an_unreachable_node_is_nam
     assert broken["status"] == "error" and broken["node"] == "eu-2"
     assert broken["reason"].startswith(f"execution node eu-2 ({fleet.hosts[0].address} port 2222) unreachable"), broken
     assert "Connection refused" in broken["reason"]
+
+
+def run_events(client, env, run_id: str) -> list[dict]:
+    return client.get(f"/v1/runs/{run_id}/events?limit=1000", headers=env.auth()).get_json()["events"]
+
+
+def test_what_a_node_run_writes_on_its_controller_comes_back(node_app, node_client, node_env, fleet):
+    instance = fleet.hosts[1].name
+    host_vars = node_env.inventory / "host_vars" / instance
+    note, vaulted = host_vars / "note.yml", (host_vars / "vault.yml").read_bytes()
+    note.write_text("note_mark: before\n")
+    run = start(node_client, node_env, "controller_write", instance,
+                params={"write_mark": "first", "write_sleep": 5}).get_json()
+    wait_until(lambda: run_events(node_client, node_env, run["id"]), timeout=120)
+    note.write_text("note_mark: edited here\n")  # changed on the controller during the run: kept
+    done = finished(node_client, node_env, run["id"], timeout=120)
+    assert done["status"] == "successful" and done["node"] == "eu-1", done
+    assert (host_vars / "written.yml").read_text() == "written_mark: first\n"
+    assert note.read_text() == "note_mark: edited here\n"
+    assert (host_vars / "vault.yml").read_bytes() == vaulted
+    store = Path(node_env.env["FLEETDECK_BACKUP_STORE"])
+    assert json.loads((store / instance / "first" / "manifest.json").read_text()) == {"id": "first"}
+    audited = [json.loads(line) for line in Path(node_env.env["FLEETDECK_AUDIT_LOG"]).read_text().splitlines()]
+    ours = [line for line in audited if line.get("source") == f"runner:{run['id']}"]
+    assert [(line["event"], line["action"]) for line in ours] == [("start", "controller_write"),
+                                                                 ("end", "controller_write")], ours
+    assert ours[1]["instance"] == instance and ours[1]["result"] == "changed"
+    (returned,) = [t for t in node_app.extensions["fleetdeck"].store.audit_trail(run["id"])
+                   if t["what"] == "run.node_returned"]
+    assert returned["detail"] == {
+        "node": "eu-1", "inventory": [f"host_vars/{instance}/written.yml"], "audit_lines": 2,
+        "backups": [f"{instance}/first/manifest.json"],
+        "conflicts": [f"inventory/host_vars/{instance}/note.yml: changed on the controller during the run, kept"]}
+    kept = {p.name for p in (node_env.dir / "data/runs" / run["id"]).rglob("*") if p.is_file()}
+    assert kept == {"command", "status", "rc"}, "what came back is scrubbed with the run dir"
+
+
+def test_a_canceled_node_run_applies_nothing(node_app, node_client, node_env, fleet):
+    instance = fleet.hosts[1].name
+    audit_log = Path(node_env.env["FLEETDECK_AUDIT_LOG"])
+    before = audit_log.read_bytes() if audit_log.exists() else b""
+    run = start(node_client, node_env, "controller_write", instance,
+                params={"write_mark": "canceled", "write_sleep": 300}).get_json()
+    wait_until(lambda: any(e["type"] == "runner_on_start" and e["task"] == "Keep the host busy"
+                           for e in run_events(node_client, node_env, run["id"])), timeout=120)
+    assert node_client.post(f"/v1/runs/{run['id']}/cancel", headers=node_env.auth()).status_code == 202
+    done = finished(node_client, node_env, run["id"], timeout=30)
+    assert done["status"] == "canceled", done
+    written = node_env.inventory / "host_vars" / instance / "written.yml"
+    assert "canceled" not in (written.read_text() if written.exists() else "")
+    assert not (Path(node_env.env["FLEETDECK_BACKUP_STORE"]) / instance / "canceled").exists()
+    assert (audit_log.read_bytes() if audit_log.exists() else b"") == before
+    trail = node_app.extensions["fleetdeck"].store.audit_trail(run["id"])
+    assert "run.node_returned" not in [t["what"] for t in trail]

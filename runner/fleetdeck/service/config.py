@@ -76,6 +76,13 @@ class Settings:
     console_idle: float = 900.0
     execution_nodes: tuple[ExecutionNode, ...] = ()
 
+    @property
+    def backup_store(self) -> Path:
+        """The controller's backup store: backup_store_dir of roles/backup/defaults/main.yml as the role resolves
+        it in the runner's runs (the runner passes FLEETDECK_BACKUP_STORE on to them)."""
+        return Path(os.environ.get("FLEETDECK_BACKUP_STORE")
+                    or Path.home() / ".local/share/fleetdeck/backups" / self.inventory.name)
+
 
 def check_secret(what: str, value: str, bearer: bool = False) -> str:
     """`value` if it passes every rule of secret_rules, else the refusal naming the rule it breaks."""

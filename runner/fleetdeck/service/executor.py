@@ -20,7 +20,9 @@ from pathlib import Path
 
 from ansible_runner import Runner, RunnerConfig
 
-from . import nodes, processes
+from fleetdeck import audit
+
+from . import node_return, nodes, processes
 from .catalog import Catalog
 from .config import Settings
 from .redaction import Redactor
@@ -288,6 +290,8 @@ class Executor:
                 self.store.update_run(run_id, hosts=hosts)
 
             self._until_stored(f"events of run {run_id}", store_the_rest)
+        if node and runner.returned and not control.stop_reason:
+            self._apply_returned(run, node.name, private, runner.staged)
         if control.stop_reason:
             status = (
                 "canceled"
@@ -303,6 +307,21 @@ class Executor:
         explanation = getattr(runner, "explanation", None)  # a remote run's broken connection, naming the node
         reason = None if status == "successful" else explanation or f"ansible-playbook exited with rc {runner.rc}"
         return status, runner.rc, redactor.text(reason) if reason else None
+
+    def _apply_returned(self, run: dict, node: str, private: Path, staged: dict[str, str]) -> None:
+        """What the node run wrote on its controller, applied on this one (node_return.py), in the run's audit."""
+        try:
+            applied = node_return.apply(
+                private / nodes.RETURNED, staged, self.settings.inventory, self.password_file, audit.log_path(),
+                self.settings.backup_store, change=f"{run['action']} run {run['id']} on execution node {node}")
+        except OSError as exc:  # a full disk, a read-only store: what was applied stays, the rest is named
+            applied = node_return.Applied(conflicts=[f"could not apply the rest: {exc}"])
+        if applied.conflicts:
+            log.warning("run %s: not applied from node %s: %s", run["id"], node, "; ".join(applied.conflicts))
+        detail = {"node": node, "inventory": applied.inventory, "audit_lines": applied.audit_lines,
+                  "backups": applied.backups, "conflicts": applied.conflicts}
+        self._until_stored(f"controller state of run {run['id']}",
+                           lambda: self.store.audit(run["operator"], "run.node_returned", run["id"], detail))
 
     def _local_runner(self, private: Path, action, options: dict, envvars: dict, event_handler, cancel) -> Runner:
         """ansible_runner.run_async without its risky defaults: the environment is cut down to the allowlist

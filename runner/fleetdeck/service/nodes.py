@@ -7,6 +7,7 @@ staged under the run's private data dir, and the vault password as a pexpect ans
 job arguments (never in a file, an argument or the environment on either side). The worker runs under
 WRAPPER, a dead man's switch: when the SSH connection's stdin ends (the run is over, canceled, timed out,
 or the runner is gone) it stops the worker, every process of the run and removes the worker's private dir.
+What the run writes on its controller (the node) comes back with the artifacts: node_return.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import ansible_runner
 from fleetdeck import vault
 from fleetdeck.inventory import Inventory
 
+from . import node_return
 from .config import ExecutionNode, Settings
 
 NODE_VAR = "fleetdeck_execution_node"
@@ -31,7 +33,10 @@ NODE_VAR = "fleetdeck_execution_node"
 PROJECT_CONTENT = ("ansible.cfg", "roles", "playbooks", "collections")
 VAULT_PROMPT = r"^Vault password \(fleetdeck\):\s*?$"
 STDERR_KEPT = 20  # last lines of ssh's stderr kept for a failure reason
-# Runs on the node as `python3 -c WRAPPER RUNNER GRACE`, the transmit stream on its stdin.
+# In the private data dir: the run's controller-side state (node_return.py), inside the artifact dir of
+# ident `artifacts` (the executor's), which the worker streams back when the run ends.
+RETURNED = Path("artifacts", "artifacts", "controller")
+# Runs on the node as `python3 -c WRAPPER RUNNER GRACE RETURNED`, the transmit stream on its stdin.
 WRAPPER = r"""
 import ctypes, os, shutil, signal, subprocess, sys, tempfile, time
 runner = shutil.which(sys.argv[1])
@@ -39,7 +44,10 @@ if runner is None:
     sys.exit(f"fleetdeck: {sys.argv[1]} not found on the execution node")
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: what the run orphans stays ours to stop
 private = tempfile.mkdtemp(prefix="fleetdeck-run-")
-env = dict(os.environ, PATH=os.path.dirname(runner) + os.pathsep + os.environ.get("PATH", ""))
+returned = os.path.join(private, sys.argv[3])
+env = dict(os.environ, PATH=os.path.dirname(runner) + os.pathsep + os.environ.get("PATH", ""),
+           FLEETDECK_AUDIT_LOG=os.path.join(returned, "audit.log"),
+           FLEETDECK_BACKUP_STORE=os.path.join(returned, "backups"))
 worker = subprocess.Popen([runner, "worker", "--private-data-dir", private, "--delete"],
                           stdin=subprocess.PIPE, env=env)
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # only the worker answers on the connection
@@ -132,7 +140,7 @@ def find(nodes: tuple[ExecutionNode, ...], name: str | None) -> ExecutionNode | 
 
 
 def stage(private: Path, project: Path, inventory: Path, playbook: str, password_file: Path | None) -> None:
-    """Copy what ansible-playbook reads on the node into the run's private data dir (project/, inventory/):
+    """Copy what ansible-playbook reads on the node into the run's private data dir (project/, RETURNED/inventory):
     PROJECT_CONTENT and the playbook's own directory, the inventory but the vault password file."""
     skipped = shutil.ignore_patterns("__pycache__", "*.pyc", ".git")
     secret = password_file.resolve() if password_file else None
@@ -152,7 +160,7 @@ def stage(private: Path, project: Path, inventory: Path, playbook: str, password
         elif source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-    shutil.copytree(inventory, private / "inventory", ignore=ignore)
+    shutil.copytree(inventory, private / RETURNED / node_return.INVENTORY, ignore=ignore)
 
 
 def job(private: Path, playbook: str, options: dict, envvars: dict, password: bytes | None) -> dict:
@@ -168,7 +176,7 @@ def job(private: Path, playbook: str, options: dict, envvars: dict, password: by
         **options,
         "private_data_dir": str(private),
         "playbook": str(private / "project" / playbook),
-        "inventory": str(private / "inventory"),
+        "inventory": str(private / RETURNED / node_return.INVENTORY),
         "envvars": envvars,
         "passwords": {VAULT_PROMPT: password.decode()} if password else {},
     }
@@ -180,11 +188,11 @@ def remote_job(node: ExecutionNode, settings: Settings, private: Path, playbook:
     stage(private, settings.project_dir, settings.inventory, playbook, password_file)
     password = vault.read_password(password_file) if password_file else None
     return RemoteJob(node, job(private, playbook, options, envvars, password), ssh_env, event_handler,
-                     cancel_callback, settings.cancel_grace)
+                     cancel_callback, settings.cancel_grace, node_return.snapshot(private / RETURNED))
 
 
 def ssh_command(node: ExecutionNode, grace: float) -> list[str]:
-    remote = shlex.join(["python3", "-c", WRAPPER, node.ansible_runner, str(grace)])
+    remote = shlex.join(["python3", "-c", WRAPPER, node.ansible_runner, str(grace), str(RETURNED)])
     return [
         "ssh", "-T",
         "-o", "BatchMode=yes",
@@ -202,13 +210,16 @@ def ssh_command(node: ExecutionNode, grace: float) -> list[str]:
 
 class RemoteJob:
     """One run on a node: the local side of the pipeline. `run()` returns when the worker's stream ended;
-    then `status`, `rc` and, when the stream broke, `explanation` (naming the node) are set."""
+    then `status`, `rc` and, when the stream broke, `explanation` (naming the node) are set; `returned` says
+    whether the worker's final artifacts (RETURNED among them) arrived whole, `staged` is what RETURNED's
+    inventory started from (node_return.snapshot)."""
 
     def __init__(self, node: ExecutionNode, job_kwargs: dict, env: dict, event_handler, cancel_callback,
-                 grace: float):
+                 grace: float, staged: dict[str, str]):
         self.node, self.job_kwargs, self.env = node, job_kwargs, env
         self.event_handler, self.cancel_callback, self.grace = event_handler, cancel_callback, grace
         self.status, self.rc, self.explanation = "unstarted", None, None
+        self.staged, self.returned = staged, False
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_KEPT)
 
     def run(self) -> None:
@@ -226,7 +237,8 @@ class RemoteJob:
 
         processor = threading.Thread(target=ansible_runner.interface.run, daemon=True, kwargs={
             "streamer": "process", "_input": ssh.stdout, "private_data_dir": str(private), "ident": "artifacts",
-            "quiet": True, "event_handler": self.event_handler, "status_handler": status})
+            "quiet": True, "event_handler": self.event_handler, "status_handler": status,
+            "artifacts_handler": self._artifacts_arrived})
         processor.start()
         killed = False
         while processor.is_alive():
@@ -246,6 +258,9 @@ class RemoteJob:
         if self.status not in ("successful", "failed", "canceled", "timeout"):
             self.status = "error"
             self.explanation = self._explain(ssh.returncode, explained)
+
+    def _artifacts_arrived(self, artifact_dir: str) -> None:
+        self.returned = True  # called only once the whole archive is unpacked
 
     def _transmit(self, ssh: subprocess.Popen) -> None:
         # A connection that broke (or was closed) ends it; the process side tells why.
