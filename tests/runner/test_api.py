@@ -364,6 +364,13 @@ def test_instances_on_different_nodes_are_refused_and_an_unreachable_node_is_nam
     assert broken["reason"].startswith(f"execution node eu-2 ({fleet.hosts[0].address} port 2222) unreachable"), broken
     assert "Connection refused" in broken["reason"]
 
+    kept_off = start(node_client, node_env, "canary_upgrade", "eu", params={"app_version": "1.2.3"})
+    assert kept_off.status_code == 422, kept_off.get_json()
+    error = kept_off.get_json()["error"]
+    assert (error["code"], error["action"], error["node"]) == ("local_only_action", "canary_upgrade", "eu-1")
+    assert error["message"].startswith("canary_upgrade runs only on this runner, and the target's instances run on "
+                                       "execution node eu-1: as the real one's, its state is on the runner's machine")
+
 
 def run_events(client, env, run_id: str) -> list[dict]:
     return client.get(f"/v1/runs/{run_id}/events?limit=1000", headers=env.auth()).get_json()["events"]

@@ -3,6 +3,8 @@ hosts: the inventory's hosts are `ansible_connection: local`, so the runs starte
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tests.runner.service import LOCAL_HOSTS, app_for, in_process, make_local_env, wait_until
@@ -445,4 +447,48 @@ def test_a_node_run_stages_the_project_content_and_the_inventory_but_no_password
     assert sorted(p.name for p in (staged / "tests/runner/playbooks").iterdir()) == sorted(
         p.name for p in (REPO / "tests/runner/playbooks").iterdir())
     assert [p.name for p in (staged / "tests").iterdir()] == ["runner"]
-    assert sorted(p.name for p in (private / "inventory").iterdir()) == ["host_vars", "hosts.yml"]
+    assert sorted(p.name for p in (private / nodes.RETURNED / "inventory").iterdir()) == ["host_vars", "hosts.yml"]
+
+
+def test_what_comes_back_from_a_node_is_applied_only_inside_the_inventory_and_the_store(tmp_path):
+    """node_return.apply against what a node could send: a changed file, a new one, a conflict, a symlink,
+    the vault password file and a backup the store already holds (the fleet test covers the real stream)."""
+    from fleetdeck.service import node_return
+
+    inventory, returned, store = tmp_path / "env", tmp_path / "returned", tmp_path / "store"
+    (inventory / "host_vars" / "a").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text("all: {}\n")
+    (inventory / "host_vars" / "a" / "main.yml").write_text("v: 1\n")
+    (inventory / "host_vars" / "a" / "other.yml").write_text("w: 1\n")
+    (inventory / "vault-pass").write_text("password\n")
+    (store / "a" / "old").mkdir(parents=True)
+    (store / "a" / "old" / "manifest.json").write_text("{}")
+    shutil.copytree(inventory, returned / "inventory", ignore=shutil.ignore_patterns("vault-pass"))
+    staged = node_return.snapshot(returned)
+    assert set(staged) == {"hosts.yml", "host_vars/a/main.yml", "host_vars/a/other.yml"}
+    (returned / "inventory" / "host_vars" / "a" / "main.yml").write_text("v: 2\n")  # changed by the run
+    (returned / "inventory" / "host_vars" / "a" / "new.yml").write_text("n: 1\n")  # new
+    (returned / "inventory" / "host_vars" / "a" / "other.yml").write_text("w: run\n")
+    (inventory / "host_vars" / "a" / "other.yml").write_text("w: here\n")  # changed here too: a conflict
+    (returned / "inventory" / "vault-pass").write_text("replaced\n")
+    (returned / "inventory" / "escape").symlink_to(tmp_path)
+    (returned / "backups" / "a" / "old").mkdir(parents=True)
+    (returned / "backups" / "a" / "old" / "manifest.json").write_text('{"other": 1}')
+    (returned / "backups" / "a" / "new").mkdir(parents=True)
+    (returned / "backups" / "a" / "new" / "manifest.json").write_text('{"new": 1}')
+    (returned / "audit.log").write_text('{"event": "start"}\n{"event": "end"}\n')
+    audit_log = tmp_path / "state" / "audit.log"
+    applied = node_return.apply(returned, staged, inventory, inventory / "vault-pass", audit_log, store, "test")
+    assert applied.inventory == ["host_vars/a/main.yml", "host_vars/a/new.yml"]
+    assert (inventory / "host_vars" / "a" / "main.yml").read_text() == "v: 2\n"
+    assert (inventory / "host_vars" / "a" / "new.yml").read_text() == "n: 1\n"
+    assert (inventory / "host_vars" / "a" / "other.yml").read_text() == "w: here\n"
+    assert (inventory / "vault-pass").read_text() == "password\n" and not (inventory / "escape").exists()
+    assert applied.conflicts == [
+        "inventory/escape: refused (a symlink or .git)",
+        "inventory/host_vars/a/other.yml: changed on the controller during the run, kept",
+        "inventory/vault-pass: refused (the vault password file)",
+        "backups/a/old/manifest.json: already in the store or outside it, kept"]
+    assert applied.backups == ["a/new/manifest.json"] and (store / "a" / "old" / "manifest.json").read_text() == "{}"
+    assert audit_log.read_text() == '{"event": "start"}\n{"event": "end"}\n' and applied.audit_lines == 2
+    assert oct(audit_log.stat().st_mode & 0o777) == "0o600"

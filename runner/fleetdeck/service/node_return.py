@@ -79,7 +79,8 @@ def apply(returned: Path, staged: dict[str, str], inventory: Path, password_file
                 continue
             target = _inside(inventory, relative)
             if target is None or target.resolve() == secret:
-                applied.conflicts.append(f"inventory/{relative}: refused (outside the inventory)")
+                why = "outside the inventory" if target is None else "the vault password file"
+                applied.conflicts.append(f"inventory/{relative}: refused ({why})")
                 continue
             current = _digest(target)
             if current == new:

@@ -3,8 +3,8 @@ and whatever comes next). Callers hand over a run request as a JSON-like dict an
 ApiError; each refusal has one code and one status wherever it comes from.
 
 Checks, in order: the request's fields, the action (catalog), its parameters (the action's JSON Schema),
-the flags, the target (inventory), its execution node (nodes.py: one for all its instances, or none),
-then one store transaction for the idempotency key and the leases.
+the flags, the target (inventory), its execution node (nodes.py: one for all its instances, or none;
+none for a local_only action), then one store transaction for the idempotency key and the leases.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def start(
     target = request["target"]
     instances = _instances(svc, action, target)
     node = _execution_node(svc, instances)
+    if node and action.local_only:
+        raise ApiError(422, "local_only_action", _clip(
+            f"{action.name} runs only on this runner, and the target's instances run on execution node {node}: "
+            f"{action.local_only}; run it from a runner without that node", 1000), action=action.name, node=node)
     idempotency = None
     if idempotency_key is not None:
         idempotency = (operator, idempotency_key, digest(idempotency_key, fingerprint or request))
