@@ -403,6 +403,10 @@ def test_what_a_node_run_writes_on_its_controller_comes_back(node_app, node_clie
         "node": "eu-1", "inventory": [f"host_vars/{instance}/written.yml"], "audit_lines": 2,
         "backups": [f"{instance}/first/manifest.json"],
         "conflicts": [f"inventory/host_vars/{instance}/note.yml: changed on the controller during the run, kept"]}
+    last = run_events(node_client, node_env, run["id"])[-1]
+    assert last["type"] == "node_returned" and last["data"] == returned["detail"]
+    assert last["stdout"].startswith("execution node eu-1: applied 1 inventory file(s), 2 audit line(s), 1 backup")
+    assert "NOT applied: inventory/host_vars/" in last["stdout"]
     kept = {p.name for p in (node_env.dir / "data/runs" / run["id"]).rglob("*") if p.is_file()}
     assert kept == {"command", "status", "rc"}, "what came back is scrubbed with the run dir"
 

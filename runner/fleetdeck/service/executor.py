@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ansible_runner import Runner, RunnerConfig
@@ -276,10 +277,12 @@ class Executor:
         thread = threading.Thread(target=runner.run, name=f"ansible-runner-{run_id}", daemon=True)
         thread.start()
         hosts: dict = {}
+        last_seq = 0
         unstored: list[dict] = []  # events the store could not take yet (disk full), tried again
         while thread.is_alive() or not events.empty():
             batch = self._drain(events)
             if batch:
+                last_seq = max(last_seq, *(event.get("counter", 0) for event in batch))
                 control.last_event = time.monotonic()
                 hosts = self._store_events(run_id, batch, redactor, unstored) or hosts
         thread.join()
@@ -291,7 +294,7 @@ class Executor:
 
             self._until_stored(f"events of run {run_id}", store_the_rest)
         if node and runner.returned and not control.stop_reason:
-            self._apply_returned(run, node.name, private, runner.staged)
+            self._apply_returned(run, node.name, private, runner.staged, last_seq + 1)
         if control.stop_reason:
             status = (
                 "canceled"
@@ -308,8 +311,9 @@ class Executor:
         reason = None if status == "successful" else explanation or f"ansible-playbook exited with rc {runner.rc}"
         return status, runner.rc, redactor.text(reason) if reason else None
 
-    def _apply_returned(self, run: dict, node: str, private: Path, staged: dict[str, str]) -> None:
-        """What the node run wrote on its controller, applied on this one (node_return.py), in the run's audit."""
+    def _apply_returned(self, run: dict, node: str, private: Path, staged: dict[str, str], seq: int) -> None:
+        """What the node run wrote on its controller, applied on this one (node_return.py): the run's last event
+        and a line of its audit trail say what was applied and what was not."""
         try:
             applied = node_return.apply(
                 private / nodes.RETURNED, staged, self.settings.inventory, self.password_file, audit.log_path(),
@@ -320,8 +324,18 @@ class Executor:
             log.warning("run %s: not applied from node %s: %s", run["id"], node, "; ".join(applied.conflicts))
         detail = {"node": node, "inventory": applied.inventory, "audit_lines": applied.audit_lines,
                   "backups": applied.backups, "conflicts": applied.conflicts}
-        self._until_stored(f"controller state of run {run['id']}",
-                           lambda: self.store.audit(run["operator"], "run.node_returned", run["id"], detail))
+        summary = (f"execution node {node}: applied {len(applied.inventory)} inventory file(s), "
+                   f"{applied.audit_lines} audit line(s), {len(applied.backups)} backup file(s)"
+                   + (f"; NOT applied: {'; '.join(applied.conflicts)}" if applied.conflicts else ""))
+        event = {"seq": seq, "type": "node_returned", "host": None, "task": None,
+                 "created": datetime.now(UTC).isoformat(), "stdout": summary, "data": detail}
+
+        def record():
+            self.store.add_events(run["id"], [event])
+            self.store.audit(run["operator"], "run.node_returned", run["id"], detail)
+
+        self._until_stored(f"controller state of run {run['id']}", record)
+        self._notify()
 
     def _local_runner(self, private: Path, action, options: dict, envvars: dict, event_handler, cancel) -> Runner:
         """ansible_runner.run_async without its risky defaults: the environment is cut down to the allowlist
