@@ -45,7 +45,7 @@ ACTIVE = ("queued", "waiting", "running")
 FINISHED = ("successful", "failed", "canceled", "timeout", "interrupted", "error")
 RUN_COLUMNS = (
     "id, action, target, params, check_mode, instances, operator, source, status, rc, reason, hosts, "
-    "created, started, finished, seq"
+    "created, started, finished, seq, node"
 )
 
 
@@ -105,6 +105,8 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            if "node" not in {c[1] for c in self._db.execute("PRAGMA table_info(runs)")}:  # rnod: move to a migration
+                self._db.execute("ALTER TABLE runs ADD COLUMN node TEXT")  # the run's execution node (nodes.py)
             self._db.execute("PRAGMA user_version = 1")  # a write: a read-only store fails here, not later
             path.chmod(0o600)
         except sqlite3.Error as exc:
@@ -176,7 +178,7 @@ class Store:
                 self._acquire(db, run["id"], run["instances"])
             db.execute(
                 "INSERT INTO runs (id, action, target, params, check_mode, instances, operator, source, "
-                "status, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "status, created, node) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run["id"],
                     run["action"],
@@ -188,6 +190,7 @@ class Store:
                     run["source"],
                     run["status"],
                     run["created"],
+                    run.get("node"),
                 ),
             )
             if idempotency:
