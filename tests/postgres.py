@@ -55,7 +55,7 @@ class PostgresServer:
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{dbname}"
 
-    def admin(self, sql: str, params: tuple | None = None, dbname: str = "postgres") -> list[tuple]:
+    def admin(self, sql: str, dbname: str = "postgres", params: tuple | None = None) -> list[tuple]:
         with psycopg.connect(self.url(dbname), autocommit=True) as conn:
             cursor = conn.execute(sql, params)
             return cursor.fetchall() if cursor.description else []

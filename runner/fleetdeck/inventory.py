@@ -81,6 +81,53 @@ class Inventory:
         main = self.path / "host_vars" / host / "main.yml"
         return {**inline, **((yaml.safe_load(main.read_text()) or {}) if main.exists() else {})}
 
+    def host_var(self, host: str, name: str):
+        """`name` for `host` as Ansible ranks it, from the public files: the vars of its groups (hosts.yml `vars`,
+        then group_vars/), `all` first, then by depth below `all` and by name at one depth; then its own
+        (public_vars). None when nothing sets it."""
+        depth: dict[str, int] = {}
+        inline: dict[str, dict] = {}
+
+        def walk(group_name: str, group: dict | None, level: int) -> None:
+            group = group or {}
+            depth[group_name] = max(depth.get(group_name, 0), level)
+            inline.setdefault(group_name, {}).update(group.get("vars") or {})
+            for child, sub in (group.get("children") or {}).items():
+                walk(child, sub, level + 1)
+
+        walk("all", self.tree.get("all"), 0)
+        value = None
+        mine = [g for g, hosts in self.groups().items() if host in hosts and g in depth]
+        for group in sorted(mine, key=lambda g: (depth[g], g)):
+            for found in (inline[group], _group_vars(self.path, group)):
+                value = found.get(name, value)
+        return self.public_vars(host).get(name, value)
+
+
+class _TagsIgnored(yaml.SafeLoader):
+    """Reads group_vars files that hold inline `!vault` values (those come out as None)."""
+
+
+_TagsIgnored.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _group_vars(path: Path, group: str) -> dict:
+    """group_vars/<group>(.yml|.yaml) and group_vars/<group>/* merged in name order; vault files skipped."""
+    base = path / "group_vars"
+    files = [base / f"{group}{suffix}" for suffix in ("", ".yml", ".yaml")]
+    if (base / group).is_dir():
+        files = sorted((base / group).iterdir())
+    merged: dict = {}
+    for file in files:
+        if not file.is_file() or file.read_bytes().startswith(b"$ANSIBLE_VAULT;"):
+            continue
+        try:
+            data = yaml.load(file.read_text(), Loader=_TagsIgnored)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise FleetdeckError(f"{file} is not valid YAML: {exc}") from None
+        merged.update(data if isinstance(data, dict) else {})
+    return merged
+
 
 def load(path: str | Path) -> Inventory:
     path = Path(path).resolve()

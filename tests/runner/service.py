@@ -214,3 +214,18 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
+
+
+def run_environments(run_id: str) -> dict[int, bytes]:
+    """/proc/<pid>/environ of every process of a run (found by its FLEETDECK_RUN_SOURCE marker)."""
+    marker = f"FLEETDECK_RUN_SOURCE=runner:{run_id}\0".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                environ = (proc / "environ").read_bytes() + b"\0"
+            except OSError:
+                continue
+            if marker in environ:
+                found[int(proc.name)] = environ
+    return found

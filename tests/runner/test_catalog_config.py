@@ -51,6 +51,15 @@ def test_only_canary_decision_runs_without_leases():
     assert decision.parameter_errors({"canary_decision": "maybe"})[0].startswith("parameter canary_decision:")
 
 
+def test_actions_whose_controller_side_work_a_node_cannot_do_are_local_only():
+    # canary state beside the audit log, scripts/vault-update, the runner's own SSH key (docs/runner.md)
+    catalog = Catalog.load(PACKAGE_DIR / "actions.yml", REPO)
+    local_only = {name: action.public()["local_only"] for name, action in catalog.actions.items() if action.local_only}
+    assert set(local_only) == {"canary_upgrade", "canary_decision", "rotate_secrets", "rotate_trust"}
+    assert "scripts/vault-update" in local_only["rotate_secrets"]
+    assert catalog.actions["upgrade"].public()["local_only"] is None
+
+
 def test_update_binary_needs_a_pinned_version(tmp_path):
     (tmp_path / "playbooks").mkdir()
     (tmp_path / "playbooks" / "update_binary.yml").write_text("---\n")

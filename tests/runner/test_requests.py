@@ -3,6 +3,8 @@ hosts: the inventory's hosts are `ansible_connection: local`, so the runs starte
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tests.runner.service import LOCAL_HOSTS, app_for, in_process, make_local_env, wait_until
@@ -396,3 +398,97 @@ def test_a_broken_inventory_is_503_naming_the_file_and_nothing_runs(runner_store
         assert str(hosts_file) in started.get_json()["error"]["message"]
         is_api_error(client.get("/v1/instances", headers=broken.auth()), 503, "inventory_unavailable")
         assert client.get("/v1/runs", headers=broken.auth()).get_json()["runs"] == []
+
+
+def test_execution_nodes_come_from_group_vars_and_a_mix_or_an_unknown_node_is_refused(tmp_path):
+    """Node selection ranks group vars as Ansible does (child group over parent, host vars over both); nothing
+    connects here: refused requests start no run, and nodes.select is what runs.start calls."""
+    from fleetdeck import inventory
+    from fleetdeck.service import nodes
+    from fleetdeck.service.config import ExecutionNode
+
+    (tmp_path / "group_vars" / "region").mkdir(parents=True)
+    (tmp_path / "host_vars" / "c").mkdir(parents=True)
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n  children:\n    fleet:\n      vars: {fleetdeck_execution_node: ''}\n      hosts: {a: , b: , c: , d: }\n"
+        "      children:\n        region:\n          hosts: {b: , c: }\n")
+    (tmp_path / "group_vars" / "region" / "main.yml").write_text("fleetdeck_execution_node: eu-1\n")
+    (tmp_path / "host_vars" / "c" / "main.yml").write_text("fleetdeck_execution_node: eu-2\n")
+    inv = inventory.load(tmp_path)
+    assert [inv.host_var(h, nodes.NODE_VAR) for h in "abcd"] == ["", "eu-1", "eu-2", ""]
+    known = (ExecutionNode("eu-1", "10.0.0.1"), ExecutionNode("eu-2", "10.0.0.2"))
+    assert nodes.select(known, inv, ["b"]) == "eu-1"
+    assert nodes.select(known, inv, ["a", "d"]) is None
+    with pytest.raises(nodes.NodeRefused) as mixed:
+        nodes.select(known, inv, ["a", "b", "c"])
+    assert mixed.value.code == "mixed_execution_nodes"
+    assert mixed.value.nodes == {"local": ["a"], "eu-1": ["b"], "eu-2": ["c"]}
+    assert "(eu-1: b; eu-2: c; local: a)" in str(mixed.value)
+    with pytest.raises(nodes.NodeRefused) as unknown:
+        nodes.select(known[:1], inv, ["c"])
+    assert unknown.value.code == "unknown_execution_node" and "eu-2" in str(unknown.value) and ": instance(s) c" in str(
+        unknown.value)
+
+
+def test_a_node_run_stages_the_project_content_and_the_inventory_but_no_password_file(tmp_path):
+    from fleetdeck.service import nodes
+
+    from tests.playbook import REPO
+
+    inventory = tmp_path / "env"
+    (inventory / "host_vars").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text("all: {}\n")
+    (inventory / "vault-pass").write_text("not for the node\n")
+    private = tmp_path / "private"
+    private.mkdir()
+    nodes.stage(private, REPO, inventory, "tests/runner/playbooks/ping.yml", inventory / "vault-pass")
+    staged = private / "project"
+    assert sorted(p.name for p in staged.iterdir()) == ["ansible.cfg", "collections", "playbooks", "roles", "tests"]
+    assert sorted(p.name for p in (staged / "tests/runner/playbooks").iterdir()) == sorted(
+        p.name for p in (REPO / "tests/runner/playbooks").iterdir())
+    assert [p.name for p in (staged / "tests").iterdir()] == ["runner"]
+    assert sorted(p.name for p in (private / nodes.RETURNED / "inventory").iterdir()) == ["host_vars", "hosts.yml"]
+
+
+def test_what_comes_back_from_a_node_is_applied_only_inside_the_inventory_and_the_store(tmp_path):
+    """node_return.apply against what a node could send: a changed file, a new one, a conflict, a symlink,
+    the vault password file and a backup the store already holds (the fleet test covers the real stream)."""
+    from fleetdeck.service import node_return
+
+    inventory, returned, store = tmp_path / "env", tmp_path / "returned", tmp_path / "store"
+    (inventory / "host_vars" / "a").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text("all: {}\n")
+    (inventory / "host_vars" / "a" / "main.yml").write_text("v: 1\n")
+    (inventory / "host_vars" / "a" / "other.yml").write_text("w: 1\n")
+    (inventory / "vault-pass").write_text("password\n")
+    (store / "a" / "old").mkdir(parents=True)
+    (store / "a" / "old" / "manifest.json").write_text("{}")
+    shutil.copytree(inventory, returned / "inventory", ignore=shutil.ignore_patterns("vault-pass"))
+    staged = node_return.snapshot(returned)
+    assert set(staged) == {"hosts.yml", "host_vars/a/main.yml", "host_vars/a/other.yml"}
+    (returned / "inventory" / "host_vars" / "a" / "main.yml").write_text("v: 2\n")  # changed by the run
+    (returned / "inventory" / "host_vars" / "a" / "new.yml").write_text("n: 1\n")  # new
+    (returned / "inventory" / "host_vars" / "a" / "other.yml").write_text("w: run\n")
+    (inventory / "host_vars" / "a" / "other.yml").write_text("w: here\n")  # changed here too: a conflict
+    (returned / "inventory" / "vault-pass").write_text("replaced\n")
+    (returned / "inventory" / "escape").symlink_to(tmp_path)
+    (returned / "backups" / "a" / "old").mkdir(parents=True)
+    (returned / "backups" / "a" / "old" / "manifest.json").write_text('{"other": 1}')
+    (returned / "backups" / "a" / "new").mkdir(parents=True)
+    (returned / "backups" / "a" / "new" / "manifest.json").write_text('{"new": 1}')
+    (returned / "audit.log").write_text('{"event": "start"}\n{"event": "end"}\n')
+    audit_log = tmp_path / "state" / "audit.log"
+    applied = node_return.apply(returned, staged, inventory, inventory / "vault-pass", audit_log, store, "test")
+    assert applied.inventory == ["host_vars/a/main.yml", "host_vars/a/new.yml"]
+    assert (inventory / "host_vars" / "a" / "main.yml").read_text() == "v: 2\n"
+    assert (inventory / "host_vars" / "a" / "new.yml").read_text() == "n: 1\n"
+    assert (inventory / "host_vars" / "a" / "other.yml").read_text() == "w: here\n"
+    assert (inventory / "vault-pass").read_text() == "password\n" and not (inventory / "escape").exists()
+    assert applied.conflicts == [
+        "inventory/escape: refused (a symlink or .git)",
+        "inventory/host_vars/a/other.yml: changed on the controller during the run, kept",
+        "inventory/vault-pass: refused (the vault password file)",
+        "backups/a/old/manifest.json: already in the store or outside it, kept"]
+    assert applied.backups == ["a/new/manifest.json"] and (store / "a" / "old" / "manifest.json").read_text() == "{}"
+    assert audit_log.read_text() == '{"event": "start"}\n{"event": "end"}\n' and applied.audit_lines == 2
+    assert oct(audit_log.stat().st_mode & 0o777) == "0o600"

@@ -39,7 +39,7 @@ from fleetdeck import vault
 from fleetdeck.service.redaction import MIN_LINE_LENGTH
 from werkzeug.security import generate_password_hash
 
-from tests.runner.service import Server, free_port, make_env, wait_until
+from tests.runner.service import Server, free_port, make_env, run_environments, wait_until
 
 FLEET_SIZE = 2
 pytestmark = pytest.mark.fleet
@@ -228,21 +228,6 @@ def hunt(blobs: dict[str, bytes], all_secrets: dict[str, str]) -> list[str]:
 
 def files(directory: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def run_environments(run_id: str) -> dict[int, bytes]:
-    """/proc/<pid>/environ of every process of a run (found by its FLEETDECK_RUN_SOURCE marker)."""
-    marker = f"FLEETDECK_RUN_SOURCE=runner:{run_id}\0".encode()
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                environ = (proc / "environ").read_bytes() + b"\0"
-            except OSError:
-                continue
-            if marker in environ:
-                found[int(proc.name)] = environ
-    return found
 
 
 def sign(secret: str, body: bytes) -> str:

@@ -64,7 +64,7 @@ def a_run(instances: list[str], status: str = "queued") -> dict:
 
 
 def test_a_new_store_is_at_the_newest_schema_and_its_audit_is_append_only(store):
-    assert store.schema_version() == len(store.migrations()) == 2
+    assert store.schema_version() == len(store.migrations()) == 3
     store.audit("admin", "test.line", None, {"n": 1})
     for change in ("UPDATE audit SET actor = 'someone else'", "DELETE FROM audit"):
         with pytest.raises(Exception, match="audit is append-only"):
@@ -91,10 +91,14 @@ def test_claims_take_queued_runs_in_order_and_waiting_ones_with_all_their_leases
     assert not store.take_unstarted(waiting["id"], "r1"), "a claimed run is its replica's"
 
 
-def test_a_v1_sqlite_store_is_upgraded_in_place(tmp_path):
+@pytest.mark.parametrize("node_column", [False, True], ids=["v1", "v1-with-node"])
+def test_a_v1_sqlite_store_is_upgraded_in_place(tmp_path, node_column):
+    """Also the store of the runner between execution nodes and migrations: version 1 with runs.node."""
     path = tmp_path / "runner.db"
     with sqlite3.connect(path) as old:
         old.executescript(V1_SCHEMA)
+        if node_column:
+            old.execute("ALTER TABLE runs ADD COLUMN node TEXT")
         old.execute("INSERT INTO runs (id, action, target, params, check_mode, instances, operator, source, "
                     "status, created) VALUES ('old-run', 'ping', 'local-1', '{}', 0, '[\"local-1\"]', 'admin', "
                     "'api', 'running', 1.5)")
@@ -102,8 +106,8 @@ def test_a_v1_sqlite_store_is_upgraded_in_place(tmp_path):
     old.close()
     store = SqliteStore(path)
     try:
-        assert store.schema_version() == 2
-        assert store.get_run("old-run")["replica"] is None
+        assert store.schema_version() == 3
+        assert (store.get_run("old-run")["replica"], store.get_run("old-run")["node"]) == (None, None)
         assert store.recover("runner-1") == ["old-run"]
         assert store.get_run("old-run")["status"] == "interrupted" and store.leases() == {}
     finally:
@@ -129,7 +133,7 @@ def test_replicas_starting_together_migrate_one_database_once(runner_store):
     for thread in threads:
         thread.join(60)
     assert not errors and len(opened) == 4, errors
-    assert [s.schema_version() for s in opened] == [2] * 4
+    assert [s.schema_version() for s in opened] == [3] * 4
     assert opened[0]._query("SELECT count(*) FROM schema_version") == [(1,)]
     for store in opened:
         store.close()
@@ -147,7 +151,7 @@ def test_a_lost_database_answers_503_and_never_shows_the_password(runner_store, 
         first = client.post("/v1/runs", json={"action": "ping", "target": "local-1"}, headers=env.auth())
         assert first.status_code == 202, first.get_json()
         server.admin(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS false")
-        server.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+        server.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", params=(dbname,))
         try:
             answers = [client.post("/v1/runs", json={"action": "ping", "target": "local-2"}, headers=env.auth()),
                        client.get("/v1/runs", headers=env.auth()), client.get("/metrics", headers=env.auth())]

@@ -24,6 +24,7 @@ ENTRY_SCHEMA = {
         },
         "mutating": {"type": "boolean"},
         "leases": {"type": "boolean"},
+        "local_only": {"type": "string", "minLength": 1},
         "timeout": {"type": "integer", "minimum": 1},
         "parameters": {
             "type": "object",
@@ -49,6 +50,8 @@ class Action:
     parameters: dict
     # False: a run takes no per-instance lease (it only hands something to another run, e.g. canary_decision).
     leases: bool = True
+    # Why a run must not go to an execution node (its playbook needs the runner's own machine); None: it may.
+    local_only: str | None = None
 
     def parameter_errors(self, params: dict) -> list[str]:
         """Every violation of the parameter schema, each naming the offending parameter."""
@@ -74,6 +77,7 @@ class Action:
             "targets": list(self.targets),
             "mutating": self.mutating,
             "leases": self.leases,
+            "local_only": self.local_only,
             "timeout": self.timeout,
             "parameters": self.parameters,
         }
@@ -105,6 +109,7 @@ class Catalog:
                 timeout=entry["timeout"],
                 parameters=entry["parameters"],
                 leases=entry.get("leases", True),
+                local_only=entry.get("local_only"),
             )
             if (project_dir / action.playbook).is_file():
                 actions[name] = action

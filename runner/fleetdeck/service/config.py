@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
@@ -40,6 +41,19 @@ class ConsoleUser:
 
 
 @dataclass(frozen=True)
+class ExecutionNode:
+    """A machine that runs playbooks for the instances whose `fleetdeck_execution_node` names it (nodes.py)."""
+
+    name: str
+    host: str
+    user: str | None = None  # ssh's default (the service user's name) when unset
+    port: int = 22
+    identity_file: Path | None = None
+    ansible_runner: str = "ansible-runner"  # on the node; ansible-playbook is looked up beside it
+    known_hosts: Path | None = None  # default: the inventory's known_hosts, where instances are pinned
+
+
+@dataclass(frozen=True)
 class Settings:
     tokens: tuple[Token, ...]
     project_dir: Path
@@ -64,9 +78,17 @@ class Settings:
     hub_backoff: float = 2.0
     console_users: tuple[ConsoleUser, ...] = ()
     console_idle: float = 900.0
-    database_url: str | None = field(default=None, repr=False)  # PostgreSQL conninfo; None: SQLite
+    database_url: str | None = dataclasses.field(default=None, repr=False)  # PostgreSQL conninfo; None: SQLite
     replica_id: str = "runner"
     replica_timeout: float = 30.0
+    execution_nodes: tuple[ExecutionNode, ...] = ()
+
+    @property
+    def backup_store(self) -> Path:
+        """The controller's backup store: backup_store_dir of roles/backup/defaults/main.yml as the role resolves
+        it in the runner's runs (the runner passes FLEETDECK_BACKUP_STORE on to them)."""
+        return Path(os.environ.get("FLEETDECK_BACKUP_STORE")
+                    or Path.home() / ".local/share/fleetdeck/backups" / self.inventory.name)
 
 
 def check_secret(what: str, value: str, bearer: bool = False) -> str:
@@ -153,6 +175,40 @@ def parse_console_users(raw: str) -> tuple[ConsoleUser, ...]:
     return tuple(users)
 
 
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NODE_FIELDS = ("name", "host", "user", "port", "identity_file", "ansible_runner", "known_hosts")
+
+
+def parse_execution_nodes(raw: str, inventory: Path) -> tuple[ExecutionNode, ...]:
+    """JSON list of {name, host, user, port, identity_file, ansible_runner, known_hosts}: name and host required."""
+    what = "FLEETDECK_EXECUTION_NODES"
+    nodes = []
+    for name, entry in _named_entries(what, _json_list(what, raw)):
+        where = f"{what}: node {name!r}"
+        if not NODE_NAME_RE.match(name):
+            raise ConfigError(f"{where}: name must be letters, digits, '.', '_' or '-'")
+        unknown = sorted(set(entry) - set(NODE_FIELDS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(NODE_FIELDS)}")
+        for field in ("host", "user", "identity_file", "ansible_runner", "known_hosts"):
+            if field in entry and (not isinstance(entry[field], str) or not entry[field].strip()):
+                raise ConfigError(f"{where}: {field} must be a non-empty string")
+        if "host" not in entry:
+            raise ConfigError(f"{where}: host is required")
+        port = entry.get("port", 22)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ConfigError(f"{where}: port must be an integer from 1 to 65535")
+        files = {}
+        for field, default in (("identity_file", None), ("known_hosts", inventory / "known_hosts")):
+            path = Path(entry[field]).expanduser().resolve() if field in entry else default
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{where}: {field} {path} is not a readable file")
+            files[field] = path
+        nodes.append(ExecutionNode(name, entry["host"], entry.get("user"), port,
+                                   ansible_runner=entry.get("ansible_runner", "ansible-runner"), **files))
+    return tuple(nodes)
+
+
 def _read_secret(env: dict[str, str], name: str) -> str | None:
     """NAME or NAME_FILE (the file form keeps secrets out of the process environment listing)."""
     if env.get(f"{name}_FILE"):
@@ -213,10 +269,11 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
             raise ConfigError(f"{name}: must be a positive number, not {value}")
         return value
 
+    inventory = Path(env["FLEETDECK_INVENTORY"]).resolve()
     return Settings(
         tokens=parse_tokens(raw_tokens),
         project_dir=project_dir,
-        inventory=Path(env["FLEETDECK_INVENTORY"]).resolve(),
+        inventory=inventory,
         data_dir=Path(env.get("FLEETDECK_RUNNER_DATA_DIR", "/var/lib/fleetdeck-runner")).resolve(),
         catalog=Path(env.get("FLEETDECK_CATALOG", PACKAGE_DIR / "actions.yml")).resolve(),
         bind=env.get("FLEETDECK_RUNNER_BIND", "127.0.0.1:8790"),
@@ -240,4 +297,5 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         database_url=_database_url(env),
         replica_id=env.get("FLEETDECK_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}",
         replica_timeout=number("FLEETDECK_REPLICA_TIMEOUT", 30.0),
+        execution_nodes=parse_execution_nodes(env.get("FLEETDECK_EXECUTION_NODES") or "[]", inventory),
     )

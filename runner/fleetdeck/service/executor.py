@@ -16,11 +16,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ansible_runner import Runner, RunnerConfig
 
-from . import processes
+from fleetdeck import audit
+
+from . import node_return, nodes, processes
 from .catalog import Catalog
 from .config import Settings
 from .redaction import Redactor
@@ -260,64 +263,47 @@ class Executor:
         (private / "env" / "settings").write_text(
             json.dumps({"pexpect_timeout": 0.5, "suppress_output_file": True})
         )
-        cmdline = []
-        if self.password_file:
-            cmdline.append(f"--vault-id fleetdeck@{self.password_file}")
-        if run["check"]:
-            cmdline.append("--check --diff")
-        project = self.settings.project_dir
+        options = {
+            "limit": run["target"],
+            "extravars": {**run["params"], "fleetdeck_target": run["target"]},
+            "cmdline": "--check --diff" if run["check"] else None,
+            "suppress_env_files": True,
+            "quiet": True,
+            "ident": "artifacts",
+            "fact_cache_type": "memory",
+        }
         envvars = {
             "FLEETDECK_RUN_SOURCE": processes.run_marker(run_id),
             "FLEETDECK_OPERATOR": run["operator"],
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_NOCOLOR": "1",
-            # ansible-playbook of this Python environment, even when its bin/ is not on PATH
-            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         }
-        if (project / "ansible.cfg").is_file():
-            envvars["ANSIBLE_CONFIG"] = str(project / "ansible.cfg")
-        if self.password_file:
-            # ansible.cfg's vault_identity_list runs scripts/vault-pass-client: point it at the same file.
-            envvars["FLEETDECK_VAULT_PASSWORD_FILE"] = str(self.password_file)
         events: queue.Queue = queue.Queue()
 
         def event_handler(event: dict) -> bool:
             events.put(event)
             return False  # raw events would hold unredacted text on disk
 
-        # ansible_runner.run_async without its risky defaults: the environment is cut down to the allowlist
-        # after ansible-runner seeded it with the service's, facts are not cached on disk, and host keys
-        # are checked as ansible.cfg says (ansible-runner's StrictHostKeyChecking=no would win over it).
-        config = RunnerConfig(
-            private_data_dir=str(private),
-            project_dir=str(project),
-            playbook=str(project / action.playbook),
-            inventory=str(self.settings.inventory),
-            limit=run["target"],
-            extravars={**run["params"], "fleetdeck_target": run["target"]},
-            cmdline=" ".join(cmdline) or None,
-            envvars=envvars,
-            suppress_env_files=True,
-            quiet=True,
-            ident="artifacts",
-            fact_cache_type="memory",
-        )
-        config.prepare()
-        config.env = child_env(config.env)
-        if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:  # ansible-runner turns it off; ansible.cfg decides
-            config.env.pop("ANSIBLE_HOST_KEY_CHECKING", None)
-        runner = Runner(
-            config,
-            event_handler=event_handler,
-            cancel_callback=lambda: self._should_kill(run_id, control, action.timeout),
-        )
+        def cancel() -> bool:
+            return self._should_kill(run_id, control, action.timeout)
+
+        node = nodes.find(self.settings.execution_nodes, run.get("node"))
+        if node:
+            # ssh gets the run's marker: cancel, timeouts and a restart find it like a local ansible-playbook
+            ssh_env = child_env(dict(os.environ)) | {"FLEETDECK_RUN_SOURCE": envvars["FLEETDECK_RUN_SOURCE"]}
+            runner = nodes.remote_job(node, self.settings, private, action.playbook, self.password_file,
+                                      options, envvars, ssh_env, event_handler, cancel)
+        else:
+            runner = self._local_runner(private, action, options, envvars, event_handler, cancel)
         thread = threading.Thread(target=runner.run, name=f"ansible-runner-{run_id}", daemon=True)
         thread.start()
         hosts: dict = {}
+        last_seq = 0
         unstored: list[dict] = []  # events the store could not take yet (disk full), tried again
         while thread.is_alive() or not events.empty():
             batch = self._drain(events)
             if batch:
+                last_seq = max(last_seq, *(event.get("counter", 0) for event in batch))
                 control.last_event = time.monotonic()
                 hosts = self._store_events(run_id, batch, redactor, unstored) or hosts
         thread.join()
@@ -328,6 +314,8 @@ class Executor:
                 self.store.update_run(run_id, hosts=hosts)
 
             self._until_stored(f"events of run {run_id}", store_the_rest)
+        if node and runner.returned and not control.stop_reason:
+            self._apply_returned(run, node.name, private, runner.staged, last_seq + 1)
         if control.stop_reason:
             status = (
                 "canceled"
@@ -340,8 +328,65 @@ class Executor:
         status = (
             runner.status if runner.status in ("successful", "failed", "timeout", "canceled") else "error"
         )
-        reason = None if status == "successful" else f"ansible-playbook exited with rc {runner.rc}"
-        return status, runner.rc, reason
+        explanation = getattr(runner, "explanation", None)  # a remote run's broken connection, naming the node
+        reason = None if status == "successful" else explanation or f"ansible-playbook exited with rc {runner.rc}"
+        return status, runner.rc, redactor.text(reason) if reason else None
+
+    def _apply_returned(self, run: dict, node: str, private: Path, staged: dict[str, str], seq: int) -> None:
+        """What the node run wrote on its controller, applied on this one (node_return.py): the run's last event
+        and a line of its audit trail say what was applied and what was not."""
+        try:
+            applied = node_return.apply(
+                private / nodes.RETURNED, staged, self.settings.inventory, self.password_file, audit.log_path(),
+                self.settings.backup_store, change=f"{run['action']} run {run['id']} on execution node {node}")
+        except OSError as exc:  # a full disk, a read-only store: what was applied stays, the rest is named
+            applied = node_return.Applied(conflicts=[f"could not apply the rest: {exc}"])
+        if applied.conflicts:
+            log.warning("run %s: not applied from node %s: %s", run["id"], node, "; ".join(applied.conflicts))
+        detail = {"node": node, "inventory": applied.inventory, "audit_lines": applied.audit_lines,
+                  "backups": applied.backups, "conflicts": applied.conflicts}
+        summary = (f"execution node {node}: applied {len(applied.inventory)} inventory file(s), "
+                   f"{applied.audit_lines} audit line(s), {len(applied.backups)} backup file(s)"
+                   + (f"; NOT applied: {'; '.join(applied.conflicts)}" if applied.conflicts else ""))
+        event = {"seq": seq, "type": "node_returned", "host": None, "task": None,
+                 "created": datetime.now(UTC).isoformat(), "stdout": summary, "data": detail}
+
+        def record():
+            self.store.add_events(run["id"], [event])
+            self.store.audit(run["operator"], "run.node_returned", run["id"], detail)
+
+        self._until_stored(f"controller state of run {run['id']}", record)
+        self._notify()
+
+    def _local_runner(self, private: Path, action, options: dict, envvars: dict, event_handler, cancel) -> Runner:
+        """ansible_runner.run_async without its risky defaults: the environment is cut down to the allowlist
+        after ansible-runner seeded it with the service's, facts are not cached on disk, and host keys are
+        checked as ansible.cfg says (ansible-runner's StrictHostKeyChecking=no would win over it)."""
+        project = self.settings.project_dir
+        cmdline = [f"--vault-id fleetdeck@{self.password_file}"] if self.password_file else []
+        envvars = {
+            **envvars,
+            # ansible-playbook of this Python environment, even when its bin/ is not on PATH
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
+        if (project / "ansible.cfg").is_file():
+            envvars["ANSIBLE_CONFIG"] = str(project / "ansible.cfg")
+        if self.password_file:
+            # ansible.cfg's vault_identity_list runs scripts/vault-pass-client: point it at the same file.
+            envvars["FLEETDECK_VAULT_PASSWORD_FILE"] = str(self.password_file)
+        config = RunnerConfig(
+            private_data_dir=str(private),
+            project_dir=str(project),
+            playbook=str(project / action.playbook),
+            inventory=str(self.settings.inventory),
+            envvars=envvars,
+            **{**options, "cmdline": " ".join([*cmdline, options["cmdline"] or ""]).strip() or None},
+        )
+        config.prepare()
+        config.env = child_env(config.env)
+        if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:  # ansible-runner turns it off; ansible.cfg decides
+            config.env.pop("ANSIBLE_HOST_KEY_CHECKING", None)
+        return Runner(config, event_handler=event_handler, cancel_callback=cancel)
 
     def _should_kill(self, run_id: str, control: Control, job_timeout: float) -> bool:
         """A stop reason appears: SIGTERM now; after the grace, True lets ansible-runner SIGKILL the group."""

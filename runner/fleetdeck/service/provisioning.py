@@ -5,12 +5,10 @@ every inventory change goes through fleetdeck.scaffold / fleetdeck.instance_edit
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 from fleetdeck import age, hostkeys, instance_edit, inventory, scaffold, validate, vault
 from fleetdeck.errors import FleetdeckError, Refused
@@ -144,13 +142,6 @@ def rollouts(svc: Service, rows: list[dict]) -> list[dict]:
     return shown
 
 
-def backup_store(svc: Service) -> Path:
-    """The controller's backup store: backup_store_dir of roles/backup/defaults/main.yml as the role resolves it
-    in the runner's runs (the runner passes FLEETDECK_BACKUP_STORE on to them)."""
-    return Path(os.environ.get("FLEETDECK_BACKUP_STORE")
-                or Path.home() / ".local/share/fleetdeck/backups" / svc.settings.inventory.name)
-
-
 def _backups(svc: Service, name: str) -> dict:
     """The instance's backups in the controller's store, newest first, from their manifests (never a value)."""
     rows, errors = [], []
@@ -161,7 +152,7 @@ def _backups(svc: Service, name: str) -> dict:
 
 def _manifests(svc: Service, name: str) -> Iterator[dict | str]:
     """Each backup's row, newest first, or why its manifest cannot be read; read one at a time."""
-    for manifest in sorted((backup_store(svc) / name).glob("*/manifest.json"), reverse=True):
+    for manifest in sorted((svc.settings.backup_store / name).glob("*/manifest.json"), reverse=True):
         try:
             data = json.loads(manifest.read_text())
             yield {"id": data["id"], "app_version": data.get("app_version"), "finished_at": data.get("finished_at"),

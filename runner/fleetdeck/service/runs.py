@@ -3,7 +3,8 @@ and whatever comes next). Callers hand over a run request as a JSON-like dict an
 ApiError; each refusal has one code and one status wherever it comes from.
 
 Checks, in order: the request's fields, the action (catalog), its parameters (the action's JSON Schema),
-the flags, the target (inventory), then one store transaction for the idempotency key and the leases.
+the flags, the target (inventory), its execution node (nodes.py: one for all its instances, or none;
+none for a local_only action), then one store transaction for the idempotency key and the leases.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from fleetdeck import inventory
 from fleetdeck.errors import FleetdeckError
 
+from . import nodes
 from .catalog import Action
 from .context import Service
 from .errors import ApiError
@@ -69,6 +71,11 @@ def start(
     wait = wait and action.leases  # nothing to wait for without a lease
     target = request["target"]
     instances = _instances(svc, action, target)
+    node = _execution_node(svc, instances)
+    if node and action.local_only:
+        raise ApiError(422, "local_only_action", _clip(
+            f"{action.name} runs only on this runner, and the target's instances run on execution node {node}: "
+            f"{action.local_only}; run it from a runner without that node", 1000), action=action.name, node=node)
     idempotency = None
     if idempotency_key is not None:
         idempotency = (operator, idempotency_key, digest(idempotency_key, fingerprint or request))
@@ -84,6 +91,7 @@ def start(
         "source": source,
         "status": "waiting" if wait else "queued",
         "created": time.time(),
+        "node": node,
     }
     try:
         run_id, created = svc.store.create_run(run, take_leases=action.leases and not wait, idempotency=idempotency)
@@ -222,6 +230,16 @@ def _instances(svc: Service, action: Action, target: object) -> list[str]:
     if not instances:
         raise ApiError(422, "empty_target", f"group {target!r} has no hosts")
     return instances
+
+
+def _execution_node(svc: Service, instances: list[str]) -> str | None:
+    """The execution node the instances name (None: this runner); 422 when they name several or an unknown one."""
+    try:
+        return nodes.select(svc.settings.execution_nodes, load_inventory(svc), instances)
+    except nodes.NodeRefused as refused:
+        raise ApiError(422, refused.code, _clip(str(refused), 1000), nodes=refused.nodes) from None
+    except FleetdeckError as exc:
+        raise ApiError(503, "inventory_unavailable", f"the runner's inventory cannot be read: {exc}") from None
 
 
 def _shown(value: str) -> str:

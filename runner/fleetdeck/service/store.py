@@ -16,7 +16,7 @@ ACTIVE = ("queued", "waiting", "running")
 FINISHED = ("successful", "failed", "canceled", "timeout", "interrupted", "error")
 RUN_COLUMNS = (
     "id, action, target, params, check_mode, instances, operator, source, status, rc, reason, hosts, "
-    "created, started, finished, seq, replica"
+    "created, started, finished, seq, node, replica"
 )
 _ACTIVE_IN = "('queued', 'waiting', 'running')"
 _UNSTARTED_IN = "('queued', 'waiting')"
@@ -126,7 +126,10 @@ class Store:
                 "what TEXT NOT NULL, run_id TEXT, detail TEXT NOT NULL)",
                 *self.AUDIT_TRIGGERS,
             ],
-            [  # 2: replicas: who runs a run, cancel across replicas, heartbeats
+            [  # 2: the run's execution node (nodes.py)
+                "ALTER TABLE runs ADD COLUMN node TEXT",
+            ],
+            [  # 3: replicas: who runs a run, cancel across replicas, heartbeats
                 "ALTER TABLE runs ADD COLUMN replica TEXT",
                 "ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
                 "CREATE TABLE replicas (id TEXT PRIMARY KEY, heartbeat DOUBLE PRECISION NOT NULL)",
@@ -173,7 +176,7 @@ class Store:
                 self._acquire(db, run["id"], run["instances"])
             db.execute(
                 "INSERT INTO runs (id, action, target, params, check_mode, instances, operator, source, "
-                "status, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "status, created, node) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run["id"],
                     run["action"],
@@ -185,6 +188,7 @@ class Store:
                     run["source"],
                     run["status"],
                     run["created"],
+                    run.get("node"),
                 ),
             )
             if idempotency:

@@ -42,7 +42,10 @@ class SqliteStore(Store):
 
     @staticmethod
     def _schema_version(db) -> int:
-        return db.execute("PRAGMA user_version").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 1 and "node" in {c[1] for c in db.execute("PRAGMA table_info(runs)")}:
+            return 2  # the runner before migrations added the execution node's column at version 1
+        return version
 
     @staticmethod
     def _set_schema_version(db, version: int) -> None:
