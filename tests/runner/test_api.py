@@ -212,8 +212,8 @@ NODE_KEY = "/root/.ssh/fleetdeck-instances"  # on the node: its own key to the i
 
 
 @pytest.fixture(scope="module")
-def node_env(fleet, tmp_path_factory):
-    runner_env = make_env(fleet, tmp_path_factory.mktemp("nodes"))
+def node_env(runner_store, fleet, tmp_path_factory):
+    runner_env = make_env(fleet, tmp_path_factory.mktemp("nodes"), runner_store)
     # where runs write on the controller (node runs: node_return.py brings it back)
     runner_env.env["FLEETDECK_AUDIT_LOG"] = str(runner_env.dir / "audit.log")
     runner_env.env["FLEETDECK_BACKUP_STORE"] = str(runner_env.dir / "backups")
