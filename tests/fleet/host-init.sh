@@ -2,9 +2,9 @@
 # PID 1 of a test host's new PID namespace, already inside the host's network namespace.
 # Stage "boot" gives the host its own cgroup subtree, then re-enters itself in a new cgroup
 # namespace ("root" stage), builds the host's filesystem view and becomes systemd.
-# usage: host-init.sh boot|root HOSTDIR HOSTNAME CGROUP
+# usage: host-init.sh boot|root HOSTDIR HOSTNAME CGROUP [PYTHON_ENV]
 set -euo pipefail
-stage=$1 hostdir=$2 name=$3 cgroup=$4
+stage=$1 hostdir=$2 name=$3 cgroup=$4 python_env=${5:-}
 
 if [[ $stage == boot ]]; then
   # Each host's systemd must see a private cgroup root, or the hosts would fight over one tree.
@@ -17,7 +17,7 @@ if [[ $stage == boot ]]; then
     mkdir -p "/sys/fs/cgroup/$h/$cgroup"
     echo $$ >"/sys/fs/cgroup/$h/$cgroup/cgroup.procs"
   done
-  exec unshare --cgroup "$0" root "$hostdir" "$name" "$cgroup"
+  exec unshare --cgroup "$0" root "$hostdir" "$name" "$cgroup" "$python_env"
 fi
 
 hostname "$name"
@@ -53,5 +53,12 @@ ln -s /proc/self/fd "$root/dev/fd"
 mount -t tmpfs -o mode=1777 shm "$root/dev/shm"
 mount -t tmpfs -o mode=755 run "$root/run"
 mount -t tmpfs -o mode=1777 tmp "$root/tmp"
+# The harness's Python environment is seen through the overlay, like the rest of the machine, unless it lies
+# below /tmp, which the host's own tmpfs hides: then it is bound back, read-only (a host can be an execution node).
+if [[ $python_env == /tmp/* ]]; then
+  mkdir -p "$root$python_env"
+  mount --bind "$python_env" "$root$python_env"
+  mount -o remount,bind,ro "$root$python_env"
+fi
 
 exec chroot "$root" /usr/bin/env container=other /lib/systemd/systemd systemd.unit=multi-user.target

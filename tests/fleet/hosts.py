@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -282,7 +283,7 @@ class Fleet:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts", "--pid", "--fork",
              "--kill-child", "--propagation", "private", str(INIT), "boot", str(hostdir), host.name,
-             f"fleetdeck/{self.name}-{host.index}"],
+             f"fleetdeck/{self.name}-{host.index}", sys.prefix],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         host.launcher_pid = proc.pid

@@ -226,7 +226,8 @@ class RemoteJob:
         private = Path(self.job_kwargs["private_data_dir"])
         ssh = subprocess.Popen(ssh_command(self.node, self.grace), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=self.env, start_new_session=True)
-        threading.Thread(target=self._read_stderr, args=(ssh,), daemon=True).start()
+        stderr = threading.Thread(target=self._read_stderr, args=(ssh,), daemon=True)
+        stderr.start()
         threading.Thread(target=self._transmit, args=(ssh,), daemon=True).start()
         explained: list[str] = []
 
@@ -253,6 +254,7 @@ class RemoteJob:
         except subprocess.TimeoutExpired:
             ssh.kill()
             ssh.wait()
+        stderr.join(5)  # ssh's last words (why it could not connect) are read before they are explained
         rc_file = private / "artifacts" / "artifacts" / "rc"
         self.rc = int(rc_file.read_text()) if rc_file.is_file() and rc_file.read_text().strip().isdigit() else None
         if self.status not in ("successful", "failed", "canceled", "timeout"):
