@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.postgres import PostgresServer
+from tests.runner.service import app_for
 
 STORES = ("sqlite", "postgres")
 
@@ -38,3 +39,15 @@ class Store:
 def runner_store(request) -> Store:
     server = request.getfixturevalue("postgres_server") if request.param == "postgres" else None
     return Store(request.param, server)
+
+
+@pytest.fixture(scope="module")
+def app(env):
+    """The runner's Flask app over the module's `env` fixture (a module overrides it to change settings)."""
+    with app_for(env) as application:
+        yield application
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

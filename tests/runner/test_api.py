@@ -28,17 +28,6 @@ def env(runner_store, fleet, tmp_path_factory):
         yield runner_env
 
 
-@pytest.fixture(scope="module")
-def app(env):
-    with app_for(env) as application:
-        yield application
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 @pytest.fixture
 def hosts(fleet):
     return [h.name for h in fleet.hosts]

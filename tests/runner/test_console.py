@@ -12,7 +12,7 @@ import time
 import pytest
 from werkzeug.security import generate_password_hash
 
-from tests.runner.service import app_for, in_process, make_local_env, wait_until
+from tests.runner.service import in_process, make_local_env, wait_until
 
 PASSWORDS = {"ops": secrets.token_urlsafe(16), "viewer": secrets.token_urlsafe(16)}
 SCOPES = {"ops": ["read", "operate", "provision"], "viewer": ["read"]}
@@ -27,12 +27,6 @@ def env(runner_store, tmp_path_factory):
         for n, p in PASSWORDS.items()])
     with in_process(runner_env):
         yield runner_env
-
-
-@pytest.fixture(scope="module")
-def app(env):
-    with app_for(env) as application:
-        yield application
 
 
 def signed_in(app, name: str):

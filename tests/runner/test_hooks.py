@@ -69,11 +69,6 @@ def app(env, hub):
         yield application
 
 
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def push(tag: str, pushed_at: float | None = None) -> bytes:
     return json.dumps(
         {

@@ -31,21 +31,10 @@ def env(runner_store, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(env):
-    with app_for(env) as application:
-        yield application
-
-
-@pytest.fixture(scope="module")
 def real_catalog_app(env):
     """The product's catalog (deploy, decommission), so creation goes as far as the host key."""
     with app_for(env, FLEETDECK_CATALOG=str(PACKAGE_DIR / "actions.yml")) as application:
         yield application
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def snapshot(env) -> dict[str, str]:

@@ -18,17 +18,6 @@ def env(runner_store, tmp_path_factory):
         yield runner_env
 
 
-@pytest.fixture(scope="module")
-def app(env):
-    with app_for(env) as application:
-        yield application
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def finished(client, env, run_id, timeout=60):
     def done():
         run = client.get(f"/v1/runs/{run_id}", headers=env.auth()).get_json()
