@@ -69,7 +69,7 @@ def alerts():
 
 
 # pytest-xdist hands out whole modules in collection order (with --no-loadscope-reorder): the slowest start
-# first, so that no long module starts last while the other worker idles. The rest keep their order.
+# first, so that no long module starts last while the other workers idle. The rest keep their order.
 SLOWEST_FIRST = (
     "tests/test_backup.py", "tests/test_canary_analysis.py", "tests/test_monitoring.py",
     "tests/runner/test_console_browser.py", "tests/runner/test_lifecycle_via_api.py", "tests/runner/test_api.py",
