@@ -4,19 +4,24 @@
   that the pinned helm-python-sdk wheel bundles: the code behind `helm lint` and `helm template`), every
   rendered manifest validated against the Kubernetes OpenAPI JSON schemas in strict mode (kubernetes-validate,
   which ships them), in SQLite and PostgreSQL modes, and the values the chart must refuse;
-- the compose file (runner/compose.yaml) checked by Debian's docker-compose (`config`, its schema validation).
+- the compose file (runner/compose.yaml) checked by Debian's docker-compose (`config`, its schema validation);
+- the collections ansible.cfg loads: requirements.yml's, linked from the ansible package (scripts/link-collections).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from fleetdeck import collections
+from fleetdeck.errors import FleetdeckError
 from fleetdeck.service.config import from_env
 
 from tests.playbook import REPO
@@ -192,3 +197,49 @@ def test_the_compose_file_is_valid_and_keeps_secrets_in_files(tmp_path):
     # One PostgreSQL image for compose and the chart's bundled server.
     bundled = yaml.safe_load((CHART / "values.yaml").read_text())["postgresql"]["bundled"]["image"]
     assert postgres["image"] == f"{bundled['repository']}:{bundled['tag']}"
+
+
+def fake_collection(root, name, version, dependencies=None):
+    path = root.joinpath(*name.split("."))
+    path.mkdir(parents=True)
+    (path / "MANIFEST.json").write_text(json.dumps({"collection_info": {
+        "namespace": name.split(".")[0], "name": name.split(".")[1], "version": version,
+        "dependencies": dependencies or {}}}))
+    return path
+
+
+def test_link_collections_links_the_pinned_ones_and_their_dependencies_only(tmp_path):
+    source, target = tmp_path / "ansible_collections", tmp_path / "venv" / "collections"
+    requirements = tmp_path / "r.yml"
+    fake_collection(source, "a.one", "1.0.0", {"c.dep": ">=1"})
+    fake_collection(source, "b.two", "2.0.0")
+    fake_collection(source, "c.dep", "1.1.0")
+    fake_collection(source, "d.unused", "9.9.9")
+    requirements.write_text("collections:\n  - {name: a.one, version: 1.0.0}\n")
+    stale = target / "ansible_collections" / "b" / "two"
+    stale.parent.mkdir(parents=True)
+    stale.symlink_to(source / "b" / "two")
+    assert collections.link(requirements, source, target) == ["a.one 1.0.0", "c.dep 1.1.0"]
+    linked = sorted(str(p.relative_to(target)) for p in target.glob("ansible_collections/*/*"))
+    assert linked == ["ansible_collections/a/one", "ansible_collections/c/dep"]
+    assert (target / "ansible_collections" / "a" / "one").resolve() == source / "a" / "one"
+
+    requirements.write_text("collections:\n  - {name: a.one, version: 1.2.0}\n")
+    with pytest.raises(FleetdeckError, match=r"r\.yml: a\.one is pinned to 1\.2\.0, but the installed ansible "
+                                             r"package has 1\.0\.0"):
+        collections.link(requirements, source, target)
+    requirements.write_text("collections:\n  - {name: e.missing, version: 1.0.0}\n")
+    with pytest.raises(FleetdeckError, match=r"e/missing: not an installed collection"):
+        collections.link(requirements, source, target)
+
+
+def test_ansible_loads_our_collection_and_those_requirements_yml_names_only():
+    listed = subprocess.run([str(REPO / ".venv" / "bin" / "ansible-galaxy"), "collection", "list", "--format", "json"],
+                            cwd=REPO, capture_output=True, text=True, check=True)
+    found = {name: info["version"] for path, names in json.loads(listed.stdout).items() for name, info in names.items()
+             if "site-packages" not in Path(path).parts}  # not ansible-core's internal ansible._protomatter
+    requirements = yaml.safe_load((REPO / "requirements.yml").read_text())["collections"]
+    # community.docker depends on community.library_inventory_filtering_v1.
+    assert set(found) == {c["name"] for c in requirements} | {"community.library_inventory_filtering_v1",
+                                                              "fleetdeck.lifecycle"}
+    assert all(found[c["name"]] == str(c["version"]) for c in requirements), found

@@ -1,11 +1,12 @@
 """Command line of scripts/add-instance, audit, bootstrap-vault, check-inventory, drift, import-instance,
-pull-config, rekey-vault, secret-age, set-instance and vault-update."""
+link-collections, pull-config, rekey-vault, secret-age, set-instance and vault-update."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import sysconfig
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from fleetdeck import (
     age,
     audit,
+    collections,
     drift,
     instance_edit,
     inventory,
@@ -88,6 +90,11 @@ def check_inventory(args: argparse.Namespace) -> None:
         raise FleetdeckError(f"{len(problems)} problem(s) in {_shown(inv.path)}")
     print(f"{_shown(inv.path)}: {len(inv.hosts())} instance(s) checked: names, settings, vaults, secrets, "
           "host keys: no problems")
+
+
+def link_collections(args: argparse.Namespace) -> None:
+    linked = collections.link(args.requirements, args.source, args.target)
+    print(f"{args.target / 'ansible_collections'}: {', '.join(linked)}")
 
 
 def rekey_vault(args: argparse.Namespace) -> None:
@@ -189,6 +196,15 @@ def parser() -> argparse.ArgumentParser:
     cmd = commands.add_parser("check-inventory", parents=[env],
                               help="check every instance: settings, vaults, secrets, host keys")
     cmd.set_defaults(run=check_inventory)
+
+    cmd = commands.add_parser("link-collections", help="link the collections requirements.yml names (and their "
+                              "dependencies) from the installed ansible package for ansible.cfg's collections_path")
+    cmd.add_argument("--requirements", type=Path, default=scaffold.REPO / "requirements.yml")
+    cmd.add_argument("--source", type=Path, default=Path(sysconfig.get_paths()["purelib"]) / "ansible_collections",
+                     help="the ansible package's collections (default: this Python's site-packages)")
+    cmd.add_argument("--target", type=Path, default=Path(sys.prefix) / "collections",
+                     help="where the links go, under ansible_collections/ (default: <this venv>/collections)")
+    cmd.set_defaults(run=link_collections)
 
     cmd = commands.add_parser("drift", parents=[env], help="each instance against the inventory, key by key")
     cmd.add_argument("--limit", help="instances or groups (Ansible --limit); default: the whole fleet")

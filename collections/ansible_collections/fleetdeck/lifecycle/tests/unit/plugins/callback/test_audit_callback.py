@@ -61,7 +61,9 @@ def run_playbook(tmp_path, text, *args, name="upgrade.yml", env=None, wait=True)
             full_env.pop(key, None)
         else:
             full_env[key] = value
-    cmd = [str(PLAYBOOK_BIN), "-i", "inventory", name, *args]
+    # The inventory's absolute path makes the command line this test's own: the lock recognises a holder's task
+    # workers by its command line, and tests in parallel workers would otherwise share one.
+    cmd = [str(PLAYBOOK_BIN), "-i", str(tmp_path / "inventory"), name, *args]
     if not wait:
         return subprocess.Popen(cmd, env=full_env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
