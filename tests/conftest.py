@@ -71,7 +71,7 @@ def alerts():
 # pytest-xdist hands out whole modules in collection order (with --no-loadscope-reorder): the slowest start
 # first, so that no long module starts last while the other workers idle. The rest keep their order.
 SLOWEST_FIRST = (
-    "tests/test_backup.py", "tests/test_canary_analysis.py", "tests/test_monitoring.py",
+    "tests/test_monitoring.py", "tests/test_backup.py",
     "tests/runner/test_console_browser.py", "tests/runner/test_lifecycle_via_api.py", "tests/runner/test_api.py",
     "tests/test_rollout.py", "tests/test_deploy.py", "tests/test_takeover.py", "tests/test_rotation.py",
     "tests/test_locks.py", "tests/test_dns.py", "tests/test_collection.py",

@@ -11,7 +11,7 @@ from tests.playbook import BIN, REPO
 
 FLEET_SIZE = 4
 FAST = ("-e", "rollout_soak_seconds=3", "-e", "rollout_soak_interval=1", "-e", "app_health_retries=8",
-        "-e", "rollout_analysis=false")  # no metrics here: tests/test_canary_analysis.py judges canaries
+        "-e", "rollout_analysis=false")  # no metrics here: tests/test_monitoring.py judges canaries
 
 
 @pytest.fixture(scope="module")
