@@ -2,8 +2,8 @@
 pinned `ansible` package's copies into the directory ansible.cfg's collections_path names, and nothing else.
 
 Why not the whole package: Mitogen puts every collection it finds on the search path of each task that runs a
-collection module; the package holds about 90 of them, and scanning them cost about a tenth of the controller's
-CPU time per task.
+collection module; the package holds 92, and that cost about 12% of the controller's CPU in an idempotent
+deploy.
 """
 
 from __future__ import annotations
