@@ -371,7 +371,7 @@ class Fleet:
                 except ChildProcessError:  # not ours: gone, or a zombie only its own parent can reap
                     try:
                         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                    except FileNotFoundError:
+                    except (FileNotFoundError, ProcessLookupError):  # gone before or while we read it
                         break
                     if state == "Z":
                         break
