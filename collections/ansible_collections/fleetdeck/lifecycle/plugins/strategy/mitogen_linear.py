@@ -14,6 +14,10 @@ description:
     per host for the whole play and runs modules in that process instead of a fresh interpreter per task.
   - When Mitogen cannot be imported or refuses this ansible-core, it prints one notice saying why and
     runs the stock M(ansible.builtin.linear) strategy.
+  - Mitogen compiles every Python module it sends to a host, in every run, only to read its imports. This
+    strategy keeps those import lists in C($XDG_CACHE_HOME/fleetdeck/mitogen-imports) (by default
+    C(~/.cache/fleetdeck/mitogen-imports)), one small file per module version keyed by a hash of its
+    source, so that later runs skip the compiling. Deleting the directory only costs the next run that time.
   - To run without Mitogen although it is installed, choose the stock strategy, for example
     E(ANSIBLE_STRATEGY=linear).
 requirements:
@@ -26,6 +30,7 @@ author:
 from ansible.errors import AnsibleError
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
 from ansible.utils.display import Display
+from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import mitogen_import_cache
 
 display = Display()
 
@@ -50,6 +55,8 @@ if MITOGEN_UNAVAILABLE:
             return super().run(iterator, play_context)
 
 else:
+    # Before Mitogen's connection process forks from this one, so that it inherits the cache.
+    mitogen_import_cache.install()
 
     class StrategyModule(ansible_mitogen.strategy.StrategyMixin, LinearStrategy):
         pass

@@ -1,0 +1,108 @@
+# Copyright: fleetdeck contributors
+# MIT License (see galaxy.yml)
+
+"""Mitogen compiles each Python module it sends to a host, or scans for the module_utils an Ansible module
+needs, only to read the module's imports from the code object; it does so in every run, several times per
+module, and on a small run that is most of its connection process's CPU. The cache below keeps those import
+lists on disk, keyed by a hash of the source, so that later runs skip the compile.
+
+`install()` swaps the `compile` that mitogen.master and ansible_mitogen.module_finder look up for one that
+answers from the cache, and `mitogen.imports.codeobj_imports` for one that reads the cached answer. Both
+modules use `compile` for nothing but those import scans. Mitogen is imported here only by `install()`, which
+the strategy calls once it knows Mitogen is there."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+
+
+def default_directory() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fleetdeck", "mitogen-imports")
+
+
+class Imports:
+    """What the cache's compile returns instead of a code object: the imports Mitogen would read from it."""
+
+    def __init__(self, imports):
+        self.imports = imports
+
+
+def _valid(entry) -> bool:
+    return isinstance(entry, list) and all(
+        isinstance(item, list) and len(item) == 3 and isinstance(item[0], int) and isinstance(item[1], str)
+        and isinstance(item[2], list) and all(isinstance(name, str) for name in item[2])
+        for item in entry
+    )
+
+
+class ImportCache:
+    """Import lists by source hash: in memory for this run, in `directory` (one small JSON file per source)
+    for later runs. The disk is best effort: an unwritable or damaged cache only means compiling again."""
+
+    def __init__(self, directory: str, codeobj_imports, salt: str):
+        self.directory = directory
+        self._codeobj_imports = codeobj_imports
+        self._salt = salt.encode()
+        self._memory: dict[str, list] = {}
+
+    def compile(self, source, filename, mode, *args, **kwargs) -> Imports:
+        data = source.encode("utf-8", "surrogateescape") if isinstance(source, str) else bytes(source)
+        key = hashlib.sha256(self._salt + b"\0" + data).hexdigest()
+        imports = self._memory.get(key)
+        if imports is None:
+            imports = self._load(key)
+        if imports is None:
+            # Compiled here, as Mitogen would: a syntax error is raised where it expects one.
+            code = compile(source, filename, mode, *args, **kwargs)
+            imports = [[level, name, list(names)] for level, name, names in self._codeobj_imports(code)]
+            self._store(key, imports)
+        self._memory[key] = imports
+        return Imports(imports)
+
+    def codeobj_imports(self, code):
+        if isinstance(code, Imports):
+            return ((level, name, tuple(names)) for level, name, names in code.imports)
+        return self._codeobj_imports(code)
+
+    def _load(self, key: str):
+        try:
+            with open(os.path.join(self.directory, key), encoding="utf-8") as entry:
+                imports = json.load(entry)
+        except (OSError, ValueError):
+            return None
+        return imports if _valid(imports) else None
+
+    def _store(self, key: str, imports: list) -> None:
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            fd, partial = tempfile.mkstemp(dir=self.directory, prefix=".partial-")
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as entry:
+                json.dump(imports, entry)
+            os.replace(partial, os.path.join(self.directory, key))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+
+
+def install(directory: str | None = None, patch=setattr) -> ImportCache:
+    """Make Mitogen's import scans use the cache; `patch` is how the swaps are made (tests pass their own)."""
+    import ansible_mitogen.module_finder
+    import mitogen
+    import mitogen.imports
+    import mitogen.master
+
+    cache = ImportCache(directory or default_directory(), mitogen.imports.codeobj_imports,
+                        salt=f"python {sys.version_info[0]}.{sys.version_info[1]} mitogen {mitogen.__version__}")
+    patch(mitogen.imports, "codeobj_imports", cache.codeobj_imports)
+    for module in (mitogen.master, ansible_mitogen.module_finder):
+        patch(module, "compile", cache.compile)
+    return cache

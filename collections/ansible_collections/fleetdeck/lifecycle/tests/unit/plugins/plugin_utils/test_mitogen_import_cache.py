@@ -1,0 +1,111 @@
+"""The import cache the mitogen_linear strategy installs: Mitogen's import scans give the same answers with it,
+and a later run (a new cache on the same directory) answers them without compiling."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+from pathlib import Path
+
+import ansible.module_utils.basic
+import ansible_mitogen.module_finder
+import mitogen.imports
+import mitogen.master
+import pytest
+from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import mitogen_import_cache
+
+ORIGINAL_SCAN = mitogen.imports.codeobj_imports
+MODULE_UTILS = Path(ansible.module_utils.basic.__file__).parent
+SOURCES = ["basic.py", "urls.py", "common/text/converters.py", "facts/__init__.py"]  # relative imports too
+
+
+def scans(cache):
+    """What Mitogen reads from each source, through the cache."""
+    return [list(cache.codeobj_imports(cache.compile((MODULE_UTILS / name).read_bytes(), name, "exec")))
+            for name in SOURCES]
+
+
+def uncached():
+    return [list(ORIGINAL_SCAN(compile((MODULE_UTILS / name).read_bytes(), name, "exec"))) for name in SOURCES]
+
+
+def new_cache(directory):
+    return mitogen_import_cache.ImportCache(str(directory), ORIGINAL_SCAN, salt="test")
+
+
+def no_compiling(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("compiled although the answer is cached")
+
+    monkeypatch.setattr(builtins, "compile", refuse)
+
+
+def test_a_later_run_answers_from_the_disk_without_compiling(tmp_path, monkeypatch):
+    expected = uncached()
+    assert scans(new_cache(tmp_path)) == expected
+    assert len(list(tmp_path.iterdir())) == len(SOURCES)
+    assert (tmp_path.stat().st_mode & 0o777) == 0o700
+    no_compiling(monkeypatch)
+    assert scans(new_cache(tmp_path)) == expected
+
+
+def test_a_damaged_entry_is_compiled_again_and_rewritten(tmp_path):
+    expected = uncached()
+    scans(new_cache(tmp_path))
+    entries = sorted(tmp_path.iterdir())
+    entries[0].write_text("not json")
+    entries[1].write_text(json.dumps([["x", 1, []]]))
+    entries[2].write_text("")
+    assert scans(new_cache(tmp_path)) == expected
+    assert all(json.loads(entry.read_text()) for entry in entries[:3])
+
+
+def test_an_unwritable_directory_still_answers(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    cache = new_cache(blocked / "cache")  # under a file: cannot be made
+    assert scans(cache) == uncached()
+    assert scans(cache) == uncached()  # from memory
+    assert blocked.read_text() == ""
+    assert list(tmp_path.iterdir()) == [blocked]
+
+
+def test_another_source_or_salt_is_another_entry(tmp_path):
+    source = b"import os\nfrom . import sibling\n"
+    first = new_cache(tmp_path).compile(source, "a.py", "exec")
+    new_cache(tmp_path).compile(source + b"import json\n", "a.py", "exec")
+    mitogen_import_cache.ImportCache(str(tmp_path), ORIGINAL_SCAN, salt="other").compile(source, "a.py", "exec")
+    assert len(list(tmp_path.iterdir())) == 3
+    assert list(new_cache(tmp_path).codeobj_imports(first)) == list(ORIGINAL_SCAN(compile(source, "a.py", "exec")))
+
+
+def test_a_syntax_error_is_raised_by_the_compile(tmp_path):
+    with pytest.raises(SyntaxError):
+        new_cache(tmp_path).compile(b"def broken(:\n", "broken.py", "exec")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_installed_mitogen_finds_the_same_modules_and_a_later_run_compiles_nothing(tmp_path, monkeypatch):
+    """Both of Mitogen's scans: the module_utils an Ansible module needs, and what a module sent to a host
+    imports."""
+    command = os.path.join(os.path.dirname(ansible.__file__), "modules", "command.py")
+    search_path = [str(MODULE_UTILS)]
+
+    def mitogen_scans():
+        return (ansible_mitogen.module_finder.scan("ansible.modules.command", command, search_path),
+                mitogen.master.ModuleFinder().find_related("ansible.module_utils.basic"),
+                mitogen.master.ModuleFinder().find_related_imports("ansible_mitogen.target"))
+
+    expected = mitogen_scans()
+    assert all(expected)
+
+    def patch(target, name, value):  # `compile` is a builtin the modules do not define: undone by deleting it
+        monkeypatch.setattr(target, name, value, raising=False)
+
+    mitogen_import_cache.install(str(tmp_path), patch)
+    assert mitogen_scans() == expected
+    assert list(tmp_path.iterdir())
+    mitogen_import_cache.install(str(tmp_path), patch)  # as the next run would
+    no_compiling(monkeypatch)
+    assert mitogen_scans() == expected
