@@ -53,7 +53,7 @@ class ImportCache:
 
     def compile(self, source, filename, mode, *args, **kwargs) -> Imports:
         data = source.encode("utf-8", "surrogateescape") if isinstance(source, str) else bytes(source)
-        key = hashlib.sha256(self._salt + b"\0" + data).hexdigest()
+        key = hashlib.sha256(b"\0".join((self._salt, mode.encode(), data))).hexdigest()
         imports = self._memory.get(key)
         if imports is None:
             imports = self._load(key)
