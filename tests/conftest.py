@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import resource
 import secrets
 import threading
 from collections import defaultdict
@@ -83,14 +84,38 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
 
 
+CPU_AT = pytest.StashKey[float]()
+
+
+def _cpu_seconds() -> float:
+    """CPU of this process and of every process it waited for: playbook runs, the runner, and the test
+    hosts, whose launchers it reaps when a fleet goes down."""
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each report carries the CPU used since the previous one ended, so a module's fleet counts for it."""
+    report = yield
+    now = _cpu_seconds()
+    report.user_properties.append(("cpu_seconds", now - item.config.stash.get(CPU_AT, now)))
+    item.config.stash[CPU_AT] = now
+    return report
+
+
 def pytest_terminal_summary(terminalreporter):
-    """Seconds per module (setup, calls and teardown: its fleet included), to keep SLOWEST_FIRST true."""
-    seconds = defaultdict(float)
+    """Seconds and CPU-seconds per module (setup, calls and teardown: its fleet included), to keep
+    SLOWEST_FIRST true and to see where the suite's CPU goes."""
+    seconds, cpu = defaultdict(float), defaultdict(float)
     for reports in terminalreporter.stats.values():
         for report in reports:
             if isinstance(report, pytest.TestReport):
-                seconds[report.nodeid.partition("::")[0]] += report.duration
+                module = report.nodeid.partition("::")[0]
+                seconds[module] += report.duration
+                cpu[module] += sum(value for name, value in report.user_properties if name == "cpu_seconds")
     if seconds:
-        terminalreporter.write_sep("=", "seconds per module")
+        terminalreporter.write_sep("=", "seconds and CPU-seconds per module")
         for module, total in sorted(seconds.items(), key=lambda item: -item[1]):
-            terminalreporter.write_line(f"{total:8.1f}  {module}")
+            terminalreporter.write_line(f"{total:8.1f} {cpu[module]:8.1f}  {module}")
+        terminalreporter.write_line(f"{sum(seconds.values()):8.1f} {sum(cpu.values()):8.1f}  all modules")
