@@ -2,8 +2,9 @@
 SIGKILLed mid-run), then every byte the runner wrote or served is searched for every secret it knows.
 
 Searched: the store (runner.db, -wal, -shm; on PostgreSQL a pg_dump of its database), every run directory,
-the service log, every HTTP body and SSE stream the session received (the API's and every console page, form
-answer and console stream, signed in), and the hub callbacks. Secrets: every vault value of the inventory
+the caches the runs' strategy keeps on disk (compiled templates, Mitogen's import lists), the service log,
+every HTTP body and SSE stream the session received (the API's and every console page, form answer and
+console stream, signed in), and the hub callbacks. Secrets: every vault value of the inventory
 (a multi-line private key, a password that JSON and URL encoding change, a token), each line of them,
 the API tokens, the console password, the webhook and hub HMAC secrets, the vault password and the
 database password; as they are, JSON-escaped, URL-encoded, and base64-encoded (found by decoding every
@@ -292,10 +293,12 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(runner_store, fleet, 
         service_secrets["database password"] = runner_store.server.password
     all_secrets |= service_secrets | {"vault password": vault.read_password(env.password_file).decode()}
     data = Path(env.env["FLEETDECK_RUNNER_DATA_DIR"])
+    env.env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
 
     def store_files() -> dict:
-        """The data dir, and with PostgreSQL all its database holds."""
-        return files(data) | ({"store (pg_dump)": runner_store.server.dump(database)} if database else {})
+        """The data dir and the runs' caches, and with PostgreSQL all its database holds."""
+        written = files(data) | files(tmp_path / "cache")
+        return written | ({"store (pg_dump)": runner_store.server.dump(database)} if database else {})
     server = Server(env, free_port())
     session = Session(server, env.tokens)
     server.start()
@@ -387,6 +390,7 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(runner_store, fleet, 
             assert {p.name for p in data.iterdir()} >= {"runner.db", "runner.db-wal"}
         written = store_files()
         assert any(p.endswith("/command") for p in written)
+        assert any("/fleetdeck/jinja-code/" in p for p in written), "the runs cached no compiled template"
         for path, blob in written.items():
             if path.endswith("/command"):
                 assert "FLEETDECK_RUNNER_TOKENS" not in json.loads(blob)["env"], path

@@ -13,17 +13,11 @@ the strategy calls once it knows Mitogen is there."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import sys
-import tempfile
 
-
-def default_directory() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "fleetdeck", "mitogen-imports")
+from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import disk_cache
 
 
 class Imports:
@@ -43,7 +37,7 @@ def _valid(entry) -> bool:
 
 class ImportCache:
     """Import lists by source hash: in memory for this run, in `directory` (one small JSON file per source)
-    for later runs. The disk is best effort: an unwritable or damaged cache only means compiling again."""
+    for later runs. A damaged entry only means compiling again."""
 
     def __init__(self, directory: str, codeobj_imports, salt: str):
         self.directory = directory
@@ -72,25 +66,13 @@ class ImportCache:
 
     def _load(self, key: str):
         try:
-            with open(os.path.join(self.directory, key), encoding="utf-8") as entry:
-                imports = json.load(entry)
-        except (OSError, ValueError):
+            imports = json.loads(disk_cache.read(self.directory, key) or b"")
+        except ValueError:
             return None
         return imports if _valid(imports) else None
 
     def _store(self, key: str, imports: list) -> None:
-        try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            fd, partial = tempfile.mkstemp(dir=self.directory, prefix=".partial-")
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as entry:
-                json.dump(imports, entry)
-            os.replace(partial, os.path.join(self.directory, key))
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
+        disk_cache.write(self.directory, key, json.dumps(imports).encode())
 
 
 def install(directory: str | None = None, patch=setattr) -> ImportCache:
@@ -100,7 +82,7 @@ def install(directory: str | None = None, patch=setattr) -> ImportCache:
     import mitogen.imports
     import mitogen.master
 
-    cache = ImportCache(directory or default_directory(), mitogen.imports.codeobj_imports,
+    cache = ImportCache(directory or disk_cache.directory("mitogen-imports"), mitogen.imports.codeobj_imports,
                         salt=f"python {sys.version_info[0]}.{sys.version_info[1]} mitogen {mitogen.__version__}")
     patch(mitogen.imports, "codeobj_imports", cache.codeobj_imports)
     for module in (mitogen.master, ansible_mitogen.module_finder):

@@ -18,6 +18,12 @@ description:
     strategy keeps those import lists in C($XDG_CACHE_HOME/fleetdeck/mitogen-imports) (by default
     C(~/.cache/fleetdeck/mitogen-imports)), one small file per module version keyed by a hash of its
     source, so that later runs skip the compiling. Deleting the directory only costs the next run that time.
+  - With or without Mitogen, ansible-core compiles a Jinja template each time it renders one, in the worker
+    it forks for each host-task. This strategy keeps the compiled code of templates read from plain files in
+    C($XDG_CACHE_HOME/fleetdeck/jinja-code) (by default C(~/.cache/fleetdeck/jinja-code)), keyed by a hash
+    of the template and of the settings it was compiled with, so that later workers and runs load it instead.
+    Templates from vault-encrypted files, and any without a file of origin, are cached in memory only, so that
+    no secret written in a template's text lands on disk.
   - To run without Mitogen although it is installed, choose the stock strategy, for example
     E(ANSIBLE_STRATEGY=linear).
 requirements:
@@ -30,9 +36,10 @@ author:
 from ansible.errors import AnsibleError
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
 from ansible.utils.display import Display
-from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import mitogen_import_cache
+from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import jinja_code_cache, mitogen_import_cache
 
 display = Display()
+jinja_code_cache.install()
 
 try:
     # ansible_mitogen.loaders raises AnsibleError on import when it does not support this ansible-core.
