@@ -14,10 +14,11 @@ description:
     per host for the whole play and runs modules in that process instead of a fresh interpreter per task.
   - When Mitogen cannot be imported or refuses this ansible-core, it prints one notice saying why and
     runs the stock M(ansible.builtin.linear) strategy.
-  - Mitogen compiles every Python module it sends to a host, in every run, only to read its imports. This
-    strategy keeps those import lists in C($XDG_CACHE_HOME/fleetdeck/mitogen-imports) (by default
-    C(~/.cache/fleetdeck/mitogen-imports)), one small file per module version keyed by a hash of its
-    source, so that later runs skip the compiling. Deleting the directory only costs the next run that time.
+  - Mitogen compiles every Python module it sends to a host, in every run, only to read its imports, and
+    minifies its own modules before sending them. This strategy keeps those import lists and minified sources
+    in C($XDG_CACHE_HOME/fleetdeck/mitogen) (by default C(~/.cache/fleetdeck/mitogen)), one small file per
+    module version keyed by a hash of its source, so that later runs skip that work. Deleting the directory
+    only costs the next run that time.
   - With or without Mitogen, ansible-core compiles a Jinja template each time it renders one, in the worker
     it forks for each host-task. This strategy keeps the compiled code of templates read from plain files in
     C($XDG_CACHE_HOME/fleetdeck/jinja-code) (by default C(~/.cache/fleetdeck/jinja-code)), keyed by a hash

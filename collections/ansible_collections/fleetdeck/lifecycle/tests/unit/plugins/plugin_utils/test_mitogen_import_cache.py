@@ -1,9 +1,10 @@
-"""The import cache the mitogen_linear strategy installs: Mitogen's import scans give the same answers with it,
-and a later run (a new cache on the same directory) answers them without compiling."""
+"""The caches the mitogen_linear strategy installs: Mitogen's import scans and minified sources are the same
+with them, and a later run (new caches on the same directory) gets them without compiling or minifying."""
 
 from __future__ import annotations
 
 import builtins
+import inspect
 import json
 import os
 from pathlib import Path
@@ -12,10 +13,13 @@ import ansible.module_utils.basic
 import ansible_mitogen.module_finder
 import mitogen.imports
 import mitogen.master
+import mitogen.minify
+import mitogen.parent
 import pytest
 from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import mitogen_import_cache
 
 ORIGINAL_SCAN = mitogen.imports.codeobj_imports
+ORIGINAL_MINIFY = mitogen.minify.minimize_source
 MODULE_UTILS = Path(ansible.module_utils.basic.__file__).parent
 SOURCES = ["basic.py", "urls.py", "common/text/converters.py", "facts/__init__.py"]  # relative imports too
 
@@ -86,16 +90,37 @@ def test_a_syntax_error_is_raised_by_the_compile(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_later_run_reads_minified_sources_from_the_disk(tmp_path):
+    sources = [Path(mitogen.master.__file__).read_bytes(), inspect.getsource(mitogen.parent)]  # as Mitogen passes them
+    expected = [ORIGINAL_MINIFY(source) for source in sources]
+    assert [mitogen_import_cache.MinifyCache(str(tmp_path), ORIGINAL_MINIFY, "test").minimize_source(source)
+            for source in sources] == expected
+    entries = sorted(tmp_path.iterdir())
+    assert len(entries) == 2
+
+    def refuse(source):
+        raise AssertionError("minified although the text is cached")
+
+    assert [mitogen_import_cache.MinifyCache(str(tmp_path), refuse, "test").minimize_source(source)
+            for source in sources] == expected
+    entries[0].write_bytes(b"\xff\xfe not utf-8")
+    entries[1].write_bytes(b"")
+    assert [mitogen_import_cache.MinifyCache(str(tmp_path), ORIGINAL_MINIFY, "test").minimize_source(source)
+            for source in sources] == expected
+    assert sorted(entry.read_text() for entry in entries) == sorted(expected)
+
+
 def test_installed_mitogen_finds_the_same_modules_and_a_later_run_compiles_nothing(tmp_path, monkeypatch):
-    """Both of Mitogen's scans: the module_utils an Ansible module needs, and what a module sent to a host
-    imports."""
+    """Both of Mitogen's scans (the module_utils an Ansible module needs, and what a module sent to a host
+    imports) and its minifying."""
     command = os.path.join(os.path.dirname(ansible.__file__), "modules", "command.py")
     search_path = [str(MODULE_UTILS)]
 
     def mitogen_scans():
         return (ansible_mitogen.module_finder.scan("ansible.modules.command", command, search_path),
                 mitogen.master.ModuleFinder().find_related("ansible.module_utils.basic"),
-                mitogen.master.ModuleFinder().find_related_imports("ansible_mitogen.target"))
+                mitogen.master.ModuleFinder().find_related_imports("ansible_mitogen.target"),
+                mitogen.master._get_core_source())  # minified, as sent to each new host
 
     expected = mitogen_scans()
     assert all(expected)
@@ -108,4 +133,5 @@ def test_installed_mitogen_finds_the_same_modules_and_a_later_run_compiles_nothi
     assert list(tmp_path.iterdir())
     mitogen_import_cache.install(str(tmp_path), patch)  # as the next run would
     no_compiling(monkeypatch)
+    monkeypatch.setattr(mitogen.minify, "strip_comments", None)  # what minifying calls first
     assert mitogen_scans() == expected
