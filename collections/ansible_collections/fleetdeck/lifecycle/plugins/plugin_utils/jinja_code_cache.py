@@ -80,7 +80,7 @@ def install(directory: str | None = None, patch=setattr) -> CodeCache:
     cache = CodeCache(directory or disk_cache.directory("jinja-code"), salt=versions)
     original = _jinja_bits.AnsibleEnvironment.compile
 
-    def compile(environment, source, name=None, filename=None, raw=False, defer_init=False):
+    def compile_through_cache(environment, source, name=None, filename=None, raw=False, defer_init=False):
         if raw or not isinstance(source, str) or environment._debuggable_template_source:
             return original(environment, source, name, filename, raw, defer_init)
         context = _jinja_bits._TemplateCompileContext.current(optional=True)
@@ -93,5 +93,5 @@ def install(directory: str | None = None, patch=setattr) -> CodeCache:
         return cache.code(source, settings, None if decrypted or origin is None else origin.path,
                           lambda: original(environment, source, name, filename, raw, defer_init))
 
-    patch(_jinja_bits.AnsibleEnvironment, "compile", compile)
+    patch(_jinja_bits.AnsibleEnvironment, "compile", compile_through_cache)
     return cache

@@ -3,6 +3,8 @@ later process loads those from plain files without compiling, and nothing from a
 
 from __future__ import annotations
 
+import marshal
+
 import jinja2
 import pytest
 from ansible._internal._datatag._tags import Origin, SourceWasEncrypted, VaultedValue
@@ -67,7 +69,7 @@ def test_a_damaged_entry_is_compiled_again_and_rewritten(tmp_path, monkeypatch, 
     entries = sorted(cache.iterdir())
     entries[0].write_bytes(b"not marshal")
     entries[1].write_bytes(b"")
-    entries[2].write_bytes(b"\xe9")  # marshal of an int, not code
+    entries[2].write_bytes(marshal.dumps(1))  # not code
     assert render(monkeypatch, cache, from_file(plain_file)) == EXPECTED
     no_compiling(monkeypatch)
     assert render(monkeypatch, cache, from_file(plain_file)) == EXPECTED
