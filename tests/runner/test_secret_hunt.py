@@ -2,9 +2,9 @@
 SIGKILLed mid-run), then every byte the runner wrote or served is searched for every secret it knows.
 
 Searched: the store (runner.db, -wal, -shm; on PostgreSQL a pg_dump of its database), every run directory,
-the caches the runs' strategy keeps on disk (compiled templates, Mitogen's import lists), the service log,
-every HTTP body and SSE stream the session received (the API's and every console page, form answer and
-console stream, signed in), and the hub callbacks. Secrets: every vault value of the inventory
+the caches the runs' strategy keeps on disk (compiled templates, Mitogen's import lists and sources), the
+service log, every HTTP body and SSE stream the session received (the API's and every console page, form
+answer and console stream, signed in), and the hub callbacks. Secrets: every vault value of the inventory
 (a multi-line private key, a password that JSON and URL encoding change, a token), each line of them,
 the API tokens, the console password, the webhook and hub HMAC secrets, the vault password and the
 database password; as they are, JSON-escaped, URL-encoded, and base64-encoded (found by decoding every

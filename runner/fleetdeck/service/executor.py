@@ -56,7 +56,7 @@ CHILD_ENV = frozenset(
         "TMPDIR",
         "SSH_AUTH_SOCK",
         "XDG_CONFIG_HOME",
-        "XDG_CACHE_HOME",  # the strategy's caches (compiled templates, Mitogen's import lists)
+        "XDG_CACHE_HOME",  # the strategy's caches: compiled templates, what Mitogen works out from its modules
         "VIRTUAL_ENV",
         "http_proxy",
         "https_proxy",
