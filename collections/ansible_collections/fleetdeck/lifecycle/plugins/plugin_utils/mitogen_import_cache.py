@@ -17,6 +17,7 @@ the Python packages it comes from, so it is its owner's alone (0700)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -90,12 +91,10 @@ class MinifyCache:
     def minimize_source(self, source) -> str:
         data = source.encode("utf-8", "surrogateescape") if isinstance(source, str) else bytes(source)
         key = hashlib.sha256(b"\0".join((self._salt, b"minify", data))).hexdigest()
-        try:
-            return (disk_cache.read(self.directory, key) or b"").decode("utf-8") or self._minimized(key, source)
-        except UnicodeDecodeError:
-            return self._minimized(key, source)
-
-    def _minimized(self, key: str, source) -> str:
+        with contextlib.suppress(UnicodeDecodeError):  # a damaged entry is minified again
+            cached = disk_cache.read(self.directory, key)
+            if cached:
+                return cached.decode("utf-8")
         text = self._minimize_source(source)
         disk_cache.write(self.directory, key, text.encode("utf-8"))
         return text
