@@ -70,7 +70,8 @@ def test_sigkilled_runner_restarts_with_the_run_interrupted_and_its_lease_free(s
     assert all(i["leased_by"] is None for i in instances)
     status, again = server.call("POST", "/v1/runs", {"action": "ping", "target": host})
     assert status == 202
-    assert wait_run(server, again["id"])["status"] == "successful"
+    done = wait_run(server, again["id"])
+    assert done["status"] == "successful", (done, server.call("GET", f"/v1/runs/{again['id']}/events")[1])
 
 
 def test_sigterm_with_an_sse_client_interrupts_the_run_within_the_grace(server, fleet):
