@@ -1,15 +1,15 @@
 """The secret hunt: a session of runs on the real service (successful, failed, check + diff, canceled,
 SIGKILLed mid-run), then every byte the runner wrote or served is searched for every secret it knows.
 
-Searched: the store (runner.db, -wal, -shm; on PostgreSQL a pg_dump of its database), every run directory,
-the caches the runs' strategy keeps on disk (compiled templates, Mitogen's import lists and sources), the
-service log, every HTTP body and SSE stream the session received (the API's and every console page, form
-answer and console stream, signed in), and the hub callbacks. Secrets: every vault value of the inventory
-(a multi-line private key, a password that JSON and URL encoding change, a token), each line of them,
-the API tokens, the console password, the webhook and hub HMAC secrets, the vault password and the
+Searched: the store (runner.db, -wal, -shm; on PostgreSQL a pg_dump of its database), every run directory, the
+caches the runs' strategy keeps on disk (compiled templates, Mitogen's import lists and sources; on the hosts,
+compiled modules), the service log, every HTTP body and SSE stream the session received (the API's and every
+console page, form answer and console stream, signed in), and the hub callbacks. Secrets: every vault value of
+the inventory (a multi-line private key, a password that JSON and URL encoding change, a token), each line of
+them, the API tokens, the console password, the webhook and hub HMAC secrets, the vault password and the
 database password; as they are, JSON-escaped, URL-encoded, and base64-encoded (found by decoding every
-base64-looking run at each offset, so the search shares no code with the redaction it checks). The
-environment of the run's processes is checked while a run is running.
+base64-looking run at each offset, so the search shares no code with the redaction it checks). The environment
+of the run's processes is checked while a run is running.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import http.client
 import http.server
+import io
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import tarfile
 import threading
 import urllib.error
 import urllib.request
@@ -231,6 +233,18 @@ def files(directory: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def host_code_caches(fleet) -> dict[str, bytes]:
+    """What Mitogen's interpreter on each host keeps there: the strategy's cache of compiled code."""
+    found = {}
+    for host in fleet.hosts:
+        archive = fleet.ssh(host, "tar -C ~/.cache/fleetdeck -cf - mitogen-code | base64 -w0").stdout
+        with tarfile.open(fileobj=io.BytesIO(base64.b64decode(archive))) as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    found[f"{host.name}:~/.cache/fleetdeck/{member.name}"] = tar.extractfile(member).read()
+    return found
+
+
 def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -388,9 +402,10 @@ def test_no_secret_in_anything_the_runner_writes_or_serves(runner_store, fleet, 
 
         if not database:
             assert {p.name for p in data.iterdir()} >= {"runner.db", "runner.db-wal"}
-        written = store_files()
+        written = store_files() | host_code_caches(fleet)
         assert any(p.endswith("/command") for p in written)
         assert any("/fleetdeck/jinja-code/" in p for p in written), "the runs cached no compiled template"
+        assert any(":~/.cache/fleetdeck/mitogen-code/" in p for p in written), "the hosts cached no compiled code"
         for path, blob in written.items():
             if path.endswith("/command"):
                 assert "FLEETDECK_RUNNER_TOKENS" not in json.loads(blob)["env"], path

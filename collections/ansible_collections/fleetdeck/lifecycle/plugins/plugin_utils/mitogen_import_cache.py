@@ -21,8 +21,12 @@ import contextlib
 import hashlib
 import json
 import sys
+from pathlib import Path
 
-from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import disk_cache
+from ansible.utils.display import Display
+from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import disk_cache, mitogen_target_code_cache
+
+display = Display()
 
 
 class Imports:
@@ -100,10 +104,29 @@ class MinifyCache:
         return text
 
 
+def with_target_code_cache(original):
+    """ansible_mitogen's ContextService._send_module_forwards, followed by the call that installs the compiled
+    code cache (mitogen_target_code_cache) in the new context, before it imports anything else. A context that
+    refuses it only goes without."""
+    import mitogen.core
+
+    source = Path(mitogen_target_code_cache.__file__).read_text(encoding="utf-8") + "\ninstall()\n"
+
+    def send_module_forwards(self, context):
+        original(self, context)
+        try:
+            context.call(exec, source, {"__name__": "fleetdeck_target_code_cache"})
+        except mitogen.core.CallError as exc:
+            display.vvv(f"no compiled code cache in {context.name}: {str(exc).splitlines()[0]}")
+
+    return send_module_forwards
+
+
 def install(directory: str | None = None, patch=setattr) -> tuple[ImportCache, MinifyCache]:
-    """Make Mitogen's import scans and minifying use the caches; `patch` is how the swaps are made (tests pass
-    their own)."""
+    """Make Mitogen's import scans and minifying use the caches, and new contexts install theirs; `patch` is how
+    the swaps are made (tests pass their own)."""
     import ansible_mitogen.module_finder
+    import ansible_mitogen.services
     import mitogen
     import mitogen.imports
     import mitogen.master
@@ -117,4 +140,6 @@ def install(directory: str | None = None, patch=setattr) -> tuple[ImportCache, M
     for module in (mitogen.master, ansible_mitogen.module_finder):
         patch(module, "compile", imports.compile)
     patch(mitogen.minify, "minimize_source", minified.minimize_source)
+    service = ansible_mitogen.services.ContextService
+    patch(service, "_send_module_forwards", with_target_code_cache(service._send_module_forwards))
     return imports, minified

@@ -19,6 +19,10 @@ description:
     in C($XDG_CACHE_HOME/fleetdeck/mitogen) (by default C(~/.cache/fleetdeck/mitogen)), one small file per
     module version keyed by a hash of its source, so that later runs skip that work. Deleting the directory
     only costs the next run that time.
+  - The hosts compile the same modules again in every run, as source from the controller. In each new Mitogen
+    context this strategy first installs a cache of their compiled code (marshal) in
+    C(~/.cache/fleetdeck/mitogen-code) of the account the context runs as, on that host, about 2 MB per
+    version of the modules. A directory others could enter is not used. Sources hold no task arguments.
   - With or without Mitogen, ansible-core compiles a Jinja template each time it renders one, in the worker
     it forks for each host-task. This strategy keeps the compiled code of templates read from plain files in
     C($XDG_CACHE_HOME/fleetdeck/jinja-code) (by default C(~/.cache/fleetdeck/jinja-code)), keyed by a hash
