@@ -25,13 +25,12 @@ import pwd
 import stat
 import sys
 import tempfile
-
-NAME = "mitogen-code"
+import types
 
 
 def cache_directory():
     home = pwd.getpwuid(os.geteuid()).pw_dir  # not $HOME, which become may leave at the login user's
-    return os.path.join(home, ".cache", "fleetdeck", NAME)
+    return os.path.join(home, ".cache", "fleetdeck", "mitogen-code")
 
 
 def usable(directory):
@@ -56,13 +55,11 @@ class CodeCache:
         settings = f"{filename} {flags} {bool(dont_inherit)} {optimize}"
         key = hashlib.sha256(b"\0".join((self._salt, settings.encode("utf-8", "surrogateescape"), data))).hexdigest()
         path = os.path.join(self.directory, key)
-        try:
+        with contextlib.suppress(OSError, EOFError, ValueError, TypeError):  # no entry, or a damaged one
             with open(path, "rb") as entry:
                 code = marshal.load(entry)  # noqa: S302 - our own entries, in a directory only we can write
-            if type(code) is type(self.compile.__code__) and code.co_filename == filename:
+            if isinstance(code, types.CodeType) and code.co_filename == filename:
                 return code
-        except (OSError, EOFError, ValueError, TypeError):
-            pass
         code = self._compile(source, filename, mode, flags, dont_inherit, optimize)
         self._write(path, marshal.dumps(code))
         return code

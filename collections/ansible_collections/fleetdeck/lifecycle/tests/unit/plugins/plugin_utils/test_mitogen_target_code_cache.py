@@ -46,11 +46,15 @@ def test_other_names_and_flags_are_other_entries(tmp_path):
     assert cache(tmp_path, refuse).compile(SOURCE, "b.py", "exec", 0, True).co_filename == "b.py"
 
 
-@pytest.mark.parametrize("damage", [b"", b"\x00garbage", marshal.dumps(1), b"truncated"])
+DAMAGES = {"empty": lambda good: b"", "garbage": lambda good: b"\x00garbage", "not code": lambda good: marshal.dumps(1),
+           "truncated": lambda good: good[:20]}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
 def test_a_damaged_entry_is_compiled_again_and_rewritten(tmp_path, damage):
     cache(tmp_path).compile(SOURCE, "a.py", "exec")
     (entry,) = tmp_path.iterdir()
-    entry.write_bytes(damage if damage != b"truncated" else entry.read_bytes()[:20])
+    entry.write_bytes(damage(entry.read_bytes()))
     assert run(cache(tmp_path).compile(SOURCE, "a.py", "exec")) == [42, "sent"]
     assert run(marshal.loads(entry.read_bytes())) == [42, "sent"]  # noqa: S302 - written by the test
 
