@@ -80,15 +80,27 @@ def test_claims_take_queued_runs_in_order_and_waiting_ones_with_all_their_leases
     queued = a_run(["i3"])
     store.create_run(queued, take_leases=True, idempotency=None)
 
-    assert store.claim_run("r1")["id"] == holder["id"]
-    assert store.claim_run("r1")["id"] == queued["id"]  # the waiting run's i1 is leased: it is passed over
-    assert store.claim_run("r2") is None
+    assert store.claim_run("r1", {"sleep"})["id"] == holder["id"]
+    assert store.claim_run("r1", {"sleep"})["id"] == queued["id"]  # the waiting run's i1 is leased: it is passed over
+    assert store.claim_run("r2", {"sleep"}) is None
     assert store.leases() == {"i1": holder["id"], "i3": queued["id"]}, "none of the waiting run's leases"
     store.finish_run(holder["id"], "successful", 0, None)
-    claimed = store.claim_run("r2")
+    claimed = store.claim_run("r2", {"sleep"})
     assert (claimed["id"], claimed["status"], claimed["replica"]) == (waiting["id"], "queued", "r2")
     assert store.leases() == {"i1": waiting["id"], "i2": waiting["id"], "i3": queued["id"]}
     assert not store.take_unstarted(waiting["id"], "r1"), "a claimed run is its replica's"
+
+
+def test_a_replica_claims_only_runs_of_the_actions_it_knows(store):
+    """A peer with an older catalog (a rolling upgrade of the runner) leaves a new action's run queued."""
+    newer = {**a_run(["i1"]), "action": "ping"}
+    store.create_run(newer, take_leases=True, idempotency=None)
+    older = a_run(["i2"])
+    store.create_run(older, take_leases=True, idempotency=None)
+    assert store.claim_run("old", {"sleep"})["id"] == older["id"]
+    assert store.claim_run("old", {"sleep"}) is None
+    assert store.claim_run("old", set()) is None
+    assert store.claim_run("new", {"sleep", "ping"})["id"] == newer["id"]
 
 
 @pytest.mark.parametrize("node_column", [False, True], ids=["v1", "v1-with-node"])

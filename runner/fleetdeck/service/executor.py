@@ -222,7 +222,7 @@ class Executor:
     def _start_pending(self) -> None:
         with self._lock:
             while not self._stopping and len(self._controls) < self.settings.max_concurrent_runs:
-                run = self.store.claim_run(self.replica)
+                run = self.store.claim_run(self.replica, self.catalog.actions)
                 if run is None:
                     break
                 self._controls[run["id"]] = Control()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 RUN_FILTERS = ("action", "status", "target")
@@ -346,15 +347,20 @@ class Store:
 
     # -- the queue -----------------------------------------------------------------------------
 
-    def claim_run(self, replica: str) -> dict | None:
+    def claim_run(self, replica: str, actions: Collection[str]) -> dict | None:
         """The oldest queued run no replica has taken, or waiting run whose instances are all free now
-        (their leases taken with it), becomes `replica`'s; None when there is none. Concurrent claims by
-        peers skip each other's candidates."""
+        (their leases taken with it), becomes `replica`'s; None when there is none. Only runs of `actions`
+        (the replica's catalog): a peer with another catalog, as in a rolling upgrade of the runner, leaves
+        the others to the replicas that know them. Concurrent claims by peers skip each other's candidates."""
+        if not actions:
+            return None
+        known = ", ".join("?" * len(actions))
 
         def claim(db):
             rows = db.execute(
                 f"SELECT {RUN_COLUMNS} FROM runs WHERE status IN {_UNSTARTED_IN} AND replica IS NULL "
-                f"ORDER BY seq LIMIT {CLAIM_BATCH}{self.SKIP_LOCKED}"
+                f"AND action IN ({known}) ORDER BY seq LIMIT {CLAIM_BATCH}{self.SKIP_LOCKED}",
+                tuple(actions),
             ).fetchall()
             for row in rows:
                 run = _run_row(row)
