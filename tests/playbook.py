@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ def start_playbook(playbook: str, inventory: Path | str, *args: str, env: dict[s
     cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook), *args]
     path = f"{BIN}:{os.environ['PATH']}"
     full_env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PATH": path, **(env or {})}
-    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A session of its own, so a timeout stops its workers and ssh too (killpg below).
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def ansible_playbook(playbook: str, inventory: Path | str, *args: str, env: dict[str, str] | None = None,
@@ -44,7 +47,8 @@ def finished(proc: subprocess.Popen, timeout: float = 900) -> PlaybookResult:
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         raise
     output = stdout + stderr
     recap = {m[1]: dict(zip(("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored"),

@@ -21,6 +21,7 @@ import datetime
 import os
 import platform
 import resource
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -64,7 +65,10 @@ def children_cpu() -> float:
 
 def measure(deployment: Deployment, step: str, playbook: str, args: tuple[str, ...], config: Path) -> Measure:
     cpu, started = children_cpu(), time.monotonic()
-    result = deployment.playbook(playbook, *args, env={"ANSIBLE_CONFIG": str(config)})
+    try:
+        result = deployment.playbook(playbook, *args, env={"ANSIBLE_CONFIG": str(config)})
+    except subprocess.TimeoutExpired as exc:
+        raise SystemExit(f"{step} ({config.name}) did not end within {exc.timeout:.0f} s: stopped") from None
     seconds, cpu = time.monotonic() - started, children_cpu() - cpu
     if result.rc or not result.recap:
         failures = [line for line in result.output.splitlines() if line.startswith(("fatal:", "failed:"))]
