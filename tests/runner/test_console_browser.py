@@ -19,7 +19,7 @@ import pytest
 import yaml
 from fleetdeck import vault
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -90,6 +90,11 @@ def browser():
     driver.quit()
 
 
+# While a page reloads, Chrome answers a query on it with a stale element or, between the two documents, an
+# "unhandled inspector error" (a bare WebDriverException); waits across a reload retry both.
+RELOADING = (StaleElementReferenceException, WebDriverException)
+
+
 def shot(browser, name: str, whole: bool = False) -> None:
     """The window as it is, or (`whole`) the whole page: the window is made as tall as the page for it."""
     SHOTS.mkdir(exist_ok=True)
@@ -102,7 +107,7 @@ def shot(browser, name: str, whole: bool = False) -> None:
 
 def finished_run(browser, timeout: float) -> str:
     """Wait on a run page until its live log has ended; the run's final status."""
-    WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+    WebDriverWait(browser, timeout, ignored_exceptions=RELOADING).until(
         lambda b: b.find_element(By.ID, "log").get_attribute("data-finished") == "yes")
     return browser.find_element(By.ID, "status").text
 
@@ -122,7 +127,7 @@ def fill(browser, **fields: str) -> None:
 
 def heading(browser, starts: str, timeout: float = 60) -> None:
     """Wait for the page a click leads to: the old page's elements go stale meanwhile."""
-    WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+    WebDriverWait(browser, timeout, ignored_exceptions=RELOADING).until(
         lambda b: b.find_element(By.TAG_NAME, "h1").text.startswith(starts))
 
 
@@ -132,7 +137,7 @@ def eventually(browser, predicate, timeout: float = 60) -> None:
         try:
             if predicate(b):
                 return True
-        except (NoSuchElementException, StaleElementReferenceException):
+        except (NoSuchElementException, *RELOADING):
             pass
         b.refresh()
         return False
@@ -177,7 +182,7 @@ def test_create_through_the_form_and_watch_the_deploy_live(server, browser, flee
     shot(browser, "run-live")
     assert finished_run(browser, 600) == "successful"
     # The page reloads at the end: the hosts table comes with it, the log replays from the event stream after.
-    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+    WebDriverWait(browser, 30, ignored_exceptions=RELOADING).until(
         lambda b: NAME in b.find_element(By.ID, "hosts").text and "PLAY RECAP" in b.find_element(By.ID, "log").text)
     shot(browser, "run")
 
@@ -260,7 +265,7 @@ def test_a_missing_csrf_token_is_refused(server, browser):
     browser.find_element(By.ID, "hold-box").click()
     browser.find_element(By.ID, "save-settings").click()
     confirm(browser, "1 instance")
-    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+    WebDriverWait(browser, 30, ignored_exceptions=RELOADING).until(
         lambda b: "csrf_failed" in b.find_element(By.TAG_NAME, "body").text)
     assert (server.env.inventory / "hosts.yml").read_text() == before
 
@@ -276,7 +281,7 @@ def test_hold_then_decommission(server, browser, fleet):
     browser.find_element(By.ID, "decommission-button").click()
     confirm(browser, "Decommission 1 instance")
     assert finished_run(browser, 600) == "successful"
-    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+    WebDriverWait(browser, 10, ignored_exceptions=RELOADING).until(
         lambda b: NAME in b.find_element(By.ID, "hosts").text)  # reloaded with the per-host results
     assert "console:ops (console)" in browser.find_element(By.CSS_SELECTOR, ".facts").text
     shot(browser, "decommission")

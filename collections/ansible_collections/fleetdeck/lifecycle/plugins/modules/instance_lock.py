@@ -106,6 +106,7 @@ locked:
 
 import json
 import os
+import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -132,10 +133,17 @@ def _describe(lock, now):
 
 
 def _write_new(path, lock):
-    """Create the lock file only if it does not exist: O_EXCL makes two takers race safely."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(lock, f)
+    """Create the lock file only if it does not exist, whole: written aside, then hard-linked into place.
+
+    The link fails if the file exists, so two takers race safely, and no reader ever sees it empty.
+    """
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".lock-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(lock, f)
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 def acquire(module, path, now):
@@ -163,8 +171,11 @@ def acquire(module, path, now):
     try:
         _write_new(path, lock)
     except FileExistsError:
-        module.fail_json(msg=f"instance is locked by {_describe(_read(path) or {}, now)} (taken a moment ago)",
-                         lock=_public(_read(path) or {}), locked=True)
+        found = _read(path) or {}
+        if found.get("token") == params["token"]:  # this run, taking it on another worker a moment ago
+            return {"changed": False, "lock": _public(found)}
+        module.fail_json(msg=f"instance is locked by {_describe(found, now)} (taken a moment ago)",
+                         lock=_public(found), locked=True)
     return result
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.fleetdeck.lifecycle.tests.unit.utils import run_module
 
@@ -75,3 +76,24 @@ def test_check_mode_writes_nothing(tmp_path):
     rc, result = lock(path, token="t1", _ansible_check_mode=True)
     assert rc == 0 and result["changed"] is True
     assert not os.path.exists(path)
+
+
+def race(path, tokens):
+    """Run `instance_lock` once per token, all at once; run n is the holder `run<n>`."""
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        return list(pool.map(lambda n: lock(path, holder=f"run{n}", token=tokens[n]), range(len(tokens))))
+
+
+def test_racing_takers_never_see_a_half_written_lock(tmp_path):
+    """Runs that share a token all get the lock; of runs that do not, one does and the others name it."""
+    for round_ in range(4):
+        results = race(tmp_path / f"shared-{round_}.json", ["t1"] * 8)
+        assert all(rc == 0 for rc, _result in results), results
+        assert sum(result["changed"] for _rc, result in results) == 1
+
+        results = race(tmp_path / f"contended-{round_}.json", [f"t{n}" for n in range(8)])
+        winners = [result["lock"]["holder"] for rc, result in results if rc == 0]
+        assert len(winners) == 1, results
+        assert all(result["msg"].startswith(f"instance is locked by {winners[0]} ") for rc, result in results if rc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{kind}-{n}.json" for kind in ("shared", "contended") for n in range(4))  # no temporary file left
