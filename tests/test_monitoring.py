@@ -221,11 +221,13 @@ def test_promtool_checks_the_alert_rules():
 
 
 def test_promtool_unit_tests_of_the_alert_rules():
-    tests = CENTRAL_ROLE / "files" / "tests" / "fleetdeck.rules.test.yml"
-    proc = subprocess.run([promtool(), "test", "rules", tests.name], cwd=tests.parent,
+    tests = sorted((CENTRAL_ROLE / "files" / "tests").glob("*.test.yml"))
+    assert [path.name for path in tests] == ["fleetdeck.rules.days.test.yml", "fleetdeck.rules.test.yml"]
+    proc = subprocess.run([promtool(), "test", "rules", *(path.name for path in tests)], cwd=tests[0].parent,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    tested = {t["alertname"] for case in yaml.safe_load(tests.read_text())["tests"] for t in case["alert_rule_test"]}
+    tested = {t["alertname"] for path in tests for case in yaml.safe_load(path.read_text())["tests"]
+              for t in case["alert_rule_test"]}
     assert len(tested) == 11
 
 
