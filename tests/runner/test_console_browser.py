@@ -19,7 +19,7 @@ import pytest
 import yaml
 from fleetdeck import vault
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -91,8 +91,8 @@ def browser():
 
 
 # While a page reloads, Chrome answers a query on it with a stale element or, between the two documents, an
-# "unhandled inspector error" (a bare WebDriverException); waits across a reload retry both.
-RELOADING = (StaleElementReferenceException, WebDriverException)
+# "unhandled inspector error"; both are WebDriverExceptions, which waits across a reload retry.
+RELOADING = WebDriverException
 
 
 def shot(browser, name: str, whole: bool = False) -> None:
@@ -137,7 +137,7 @@ def eventually(browser, predicate, timeout: float = 60) -> None:
         try:
             if predicate(b):
                 return True
-        except (NoSuchElementException, *RELOADING):
+        except RELOADING:  # a missing element included
             pass
         b.refresh()
         return False
