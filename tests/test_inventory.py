@@ -5,12 +5,14 @@ Run with FLEETDECK_TEST_FLEET=inv so this module's fleet never collides with oth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ import yaml
 from tests.playbook import BIN, REPO
 
 sys.path.insert(0, str(REPO / "runner"))
-from fleetdeck import inventory, rekey, scaffold, secrets_catalog, vault
+from fleetdeck import files, inventory, rekey, scaffold, secrets_catalog, vault
 from fleetdeck.errors import FleetdeckError
 
 FLEET_SIZE = 2
@@ -125,6 +127,46 @@ def test_bootstrap_vault_creates_a_private_file_once(tmp_path):
     client = subprocess.run([str(REPO / "scripts" / "vault-pass-client")], capture_output=True,
                             env={**os.environ, **env}, check=True)
     assert client.stdout == password
+
+
+def test_bootstrap_vault_killed_midway_leaves_no_password_file(tmp_path):
+    path = tmp_path / "vault-pass"
+    killed = run("bootstrap-vault", env={"FLEETDECK_VAULT_PASSWORD_FILE": str(path),
+                                         "FLEETDECK_TEST_CRASH_AT": "write_new:written"})
+    assert killed.returncode == -9
+    # No empty password file that the next run would keep as it is: the next run creates a whole one.
+    assert not path.exists()
+    again = run("bootstrap-vault", env={"FLEETDECK_VAULT_PASSWORD_FILE": str(path)})
+    assert "created the vault password file" in again.stdout, again.stderr
+    assert len(path.read_bytes().strip()) >= 32
+
+
+def test_a_new_file_is_never_seen_empty_or_partial(tmp_path):
+    data = os.urandom(1 << 20)
+    names = [f"file{n}" for n in range(20)]
+    sizes = []
+    done = threading.Event()
+
+    def read():
+        while not done.is_set():
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    sizes.append(len((tmp_path / name).read_bytes()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for name in names:
+            files.write_new(tmp_path / name, data, 0o600)
+    finally:
+        done.set()
+        reader.join()
+    assert sizes and set(sizes) == {len(data)}
+    with pytest.raises(FileExistsError):
+        files.write_new(tmp_path / names[0], b"other")
+    assert (tmp_path / names[0]).read_bytes() == data
+    assert stat.S_IMODE((tmp_path / names[0]).stat().st_mode) == 0o600
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(names)  # nothing left beside them
 
 
 def test_bootstrap_vault_refuses_a_path_inside_the_repository():

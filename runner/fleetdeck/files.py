@@ -6,35 +6,42 @@ import contextlib
 import fcntl
 import os
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from fleetdeck import envgit
 
 
-def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Create `path` (it must not exist) with `data`, flushed to disk."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+@contextlib.contextmanager
+def _aside(path: Path, data: bytes, mode: int) -> Iterator[str]:
+    """A new hidden file beside `path` holding `data`, flushed to disk; removed after the block unless it was
+    renamed away."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # hidden: Ansible skips dotfiles
     try:
-        os.fchmod(fd, mode)  # independent of the umask
-        os.write(fd, data)
-        os.fsync(fd)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), mode)  # independent of the umask
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        yield tmp
     finally:
-        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create `path` (FileExistsError if it exists) with `data`, flushed to disk. Written whole beside it, then
+    linked into place: a reader, or a run after a crash, finds no file or all of it, never an empty one."""
+    with _aside(path, data, mode) as tmp:
+        crash_point("write_new:written")
+        os.link(tmp, path)
 
 
 def replace(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Atomically replace (or create) `path` with `data`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # hidden: Ansible skips dotfiles
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        write_new(tmp, data, mode)
+    with _aside(path, data, mode) as tmp:
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
     sync_dir(path.parent)
 
 
