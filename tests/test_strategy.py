@@ -2,6 +2,7 @@
 installed, and over the stock linear strategy with one notice when Mitogen cannot be imported or refuses
 this ansible-core."""
 
+import json
 import os
 import re
 import subprocess
@@ -75,3 +76,55 @@ def test_stock_linear_with_one_notice_when_mitogen_cannot_be_used(fleet, tmp_pat
         in notice
     assert "parent: /usr/bin/python3" in proc.stdout and "mitogen:" not in proc.stdout, proc.stdout
     assert re.search(r"ok=3\s+changed=0\s+unreachable=0\s+failed=0", proc.stdout), proc.stdout
+
+
+# The conditional's pipe lookup records which process evaluated it: its shell's parent.
+SKIPS = """\
+- name: Skip without a worker
+  hosts: all
+  gather_facts: false
+  vars:
+    run_it: false
+  tasks:
+    - name: Skipped and registered
+      ansible.builtin.command: "false"
+      register: skipped
+      when: lookup('ansible.builtin.pipe', 'echo $PPID >> ' ~ evaluators) is string and run_it
+    - name: Skipped in a loop, item by item
+      ansible.builtin.command: "false"
+      loop: [1]
+      when: run_it
+    - name: Show the registered result
+      ansible.builtin.debug:
+        msg: "registered: {{ skipped | to_json }}"
+    - name: A conditional that fails
+      ansible.builtin.command: "true"
+      when: no_such_variable
+"""
+
+
+@pytest.mark.parametrize("strategy", ["fleetdeck.lifecycle.mitogen_linear", "linear"])
+def test_a_false_conditional_skips_without_forking_a_worker(fleet, tmp_path, strategy):
+    """Skipped host-tasks are settled in ansible-playbook itself, with the result a worker would give: the
+    stock linear strategy, which forks a worker for each, is the reference."""
+    playbook = tmp_path / "skips.yml"
+    playbook.write_text(SKIPS)
+    evaluators = tmp_path / "evaluators"
+    env = {**os.environ, **fleet.ansible_env(), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_STRATEGY": strategy,
+           "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "true", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
+    env.pop("ANSIBLE_CONFIG", None)
+    proc = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(fleet.inventory), str(playbook),
+                             "-e", f"evaluators={evaluators}"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2, output
+    (shown,) = [json.loads("{" + line + "}")["msg"] for line in output.splitlines() if '"msg": "registered: ' in line]
+    assert json.loads(shown.removeprefix("registered: ")) == {
+        "changed": False, "false_condition": "lookup('ansible.builtin.pipe', 'echo $PPID >> ' ~ evaluators) is "
+                                             "string and run_it",
+        "skip_reason": "Conditional result was False", "skipped": True}
+    assert re.search(r"skipping: \[\S+\] => \(item=1\)", output), output
+    assert "'no_such_variable' is undefined" in output
+    assert re.search(r"ok=1\s+changed=0\s+unreachable=0\s+failed=1\s+skipped=2", output), output
+    evaluated_by = {int(pid) for pid in evaluators.read_text().split()}
+    assert (evaluated_by == {proc.pid}) is (strategy != "linear"), (evaluated_by, proc.pid)

@@ -29,6 +29,11 @@ description:
     of the template and of the settings it was compiled with, so that later workers and runs load it instead.
     Templates from vault-encrypted files, and any without a file of origin, are cached in memory only, so that
     no secret written in a template's text lands on disk.
+  - With or without Mitogen, ansible-core forks a worker for every host-task, also for one it then skips. For a
+    task with no loop and no delegation, this strategy evaluates the C(when) conditional before forking, with
+    the same call and variables as the worker; when it is false, and raised and warned nothing, it hands the
+    worker's skip result to Ansible's result processing without forking, so callbacks, C(register) and the
+    recap see the same result. Any other task, or a conditional that fails or warns, goes to a worker.
   - To run without Mitogen although it is installed, choose the stock strategy, for example
     E(ANSIBLE_STRATEGY=linear).
 requirements:
@@ -42,6 +47,7 @@ from ansible.errors import AnsibleError
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
 from ansible.utils.display import Display
 from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import jinja_code_cache, mitogen_import_cache
+from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils.forkless_skips import ForklessSkips
 
 display = Display()
 jinja_code_cache.install()
@@ -58,7 +64,7 @@ else:
 if MITOGEN_UNAVAILABLE:
     _noticed = False
 
-    class StrategyModule(LinearStrategy):
+    class StrategyModule(ForklessSkips, LinearStrategy):
         def run(self, iterator, play_context):
             global _noticed  # one notice per ansible-playbook run, not one per play
             if not _noticed:
@@ -70,5 +76,5 @@ else:
     # Before Mitogen's connection process forks from this one, so that it inherits the cache.
     mitogen_import_cache.install()
 
-    class StrategyModule(ansible_mitogen.strategy.StrategyMixin, LinearStrategy):
+    class StrategyModule(ForklessSkips, ansible_mitogen.strategy.StrategyMixin, LinearStrategy):
         pass
