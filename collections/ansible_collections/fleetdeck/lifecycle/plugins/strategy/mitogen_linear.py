@@ -33,7 +33,8 @@ description:
     task with no loop and no delegation, this strategy evaluates the C(when) conditional before forking, with
     the same call and variables as the worker; when it is false, and raised and warned nothing, it hands the
     worker's skip result to Ansible's result processing without forking, so callbacks, C(register) and the
-    recap see the same result. Any other task, or a conditional that fails or warns, goes to a worker.
+    recap see the same result. Any other task, or a conditional that fails or warns, goes to a worker. A
+    conditional that holds is evaluated again in the worker, so a lookup in it runs twice.
   - To run without Mitogen although it is installed, choose the stock strategy, for example
     E(ANSIBLE_STRATEGY=linear).
 requirements:
