@@ -45,13 +45,20 @@ SHADOWS = {
 }
 
 
+def start(fleet, playbook, *args, extra_env=None, **popen) -> subprocess.Popen:
+    """ansible-playbook on the fleet with the repository's ansible.cfg, as operators run it, started."""
+    env = {**os.environ, **fleet.ansible_env(), "ANSIBLE_FORCE_COLOR": "0", **(extra_env or {})}
+    env.pop("ANSIBLE_CONFIG", None)
+    return subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(fleet.inventory), str(playbook), *args],
+                            cwd=REPO, env=env, text=True, **popen)
+
+
 def run(fleet, tmp_path, extra_env=None) -> subprocess.CompletedProcess:
     playbook = tmp_path / "probe.yml"
     playbook.write_text(PLAYBOOK)
-    env = {**os.environ, **fleet.ansible_env(), "ANSIBLE_FORCE_COLOR": "0", **(extra_env or {})}
-    env.pop("ANSIBLE_CONFIG", None)  # the repository's ansible.cfg, as operators run it
-    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(fleet.inventory), str(playbook)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = start(fleet, playbook, extra_env=extra_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def test_plays_run_over_mitogen_when_it_is_installed(fleet, tmp_path):
@@ -110,12 +117,10 @@ def test_a_false_conditional_skips_without_forking_a_worker(fleet, tmp_path, str
     playbook = tmp_path / "skips.yml"
     playbook.write_text(SKIPS)
     evaluators = tmp_path / "evaluators"
-    env = {**os.environ, **fleet.ansible_env(), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_STRATEGY": strategy,
-           "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "true", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
-    env.pop("ANSIBLE_CONFIG", None)
-    proc = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(fleet.inventory), str(playbook),
-                             "-e", f"evaluators={evaluators}"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start(fleet, playbook, "-e", f"evaluators={evaluators}",
+                 extra_env={"ANSIBLE_STRATEGY": strategy, "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "true",
+                            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"},
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 2, output
     (shown,) = [json.loads("{" + line + "}")["msg"] for line in output.splitlines() if '"msg": "registered: ' in line]
