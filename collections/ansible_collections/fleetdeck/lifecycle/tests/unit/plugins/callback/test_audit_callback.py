@@ -257,9 +257,9 @@ def test_log_path_from_ini(tmp_path):
 
 
 def test_concurrent_runs_write_whole_lines_per_run(tmp_path):
-    hosts = [f"web{i:02d}" for i in range(12)]
+    hosts = [f"web{i:02d}" for i in range(6)]
     write_inventory(tmp_path, *hosts)
-    procs = [run_playbook(tmp_path, UPGRADE, "-f", "12", env={"FLEETDECK_RUN_SOURCE": f"runner:{n}"},
+    procs = [run_playbook(tmp_path, UPGRADE, "-f", "6", env={"FLEETDECK_RUN_SOURCE": f"runner:{n}"},
                           wait=False)
              for n in range(4)]
     for proc in procs:
