@@ -256,12 +256,30 @@ def test_log_path_from_ini(tmp_path):
     assert len(read_log(tmp_path / "ini" / "audit.log")) == 1
 
 
+# The runs wait here for the test's lock, then end together: their end lines are written at the same moment.
+MEET = """
+    - ansible.builtin.shell: >-
+        touch ready-{{ lookup('ansible.builtin.env', 'FLEETDECK_RUN_SOURCE') | replace(':', '-') }};
+        flock --shared meet true
+      args:
+        chdir: "{{ playbook_dir }}"
+      run_once: true
+"""
+
+
 def test_concurrent_runs_write_whole_lines_per_run(tmp_path):
     hosts = [f"web{i:02d}" for i in range(6)]
     write_inventory(tmp_path, *hosts)
-    procs = [run_playbook(tmp_path, UPGRADE, "-f", "6", env={"FLEETDECK_RUN_SOURCE": f"runner:{n}"},
-                          wait=False)
-             for n in range(4)]
+    with open(tmp_path / "meet", "w") as meet:
+        fcntl.flock(meet, fcntl.LOCK_EX)
+        procs = [run_playbook(tmp_path, UPGRADE + MEET, "-f", "6", env={"FLEETDECK_RUN_SOURCE": f"runner:{n}"},
+                              wait=False)
+                 for n in range(4)]
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("ready-*"))) < len(procs):
+            assert time.monotonic() < deadline and all(proc.poll() is None for proc in procs), "a run never met"
+            time.sleep(0.1)
+    # Closing the file gave the lock back: the runs went on at once.
     for proc in procs:
         assert proc.wait(timeout=300) == 0
     lines = read_log(tmp_path / "state" / "fleetdeck" / "audit.log")  # every line is whole JSON
