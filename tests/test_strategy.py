@@ -3,13 +3,12 @@ installed, and over the stock linear strategy with one notice when Mitogen canno
 this ansible-core."""
 
 import json
-import os
 import re
 import subprocess
 
 import pytest
 
-from tests.playbook import BIN, REPO
+from tests.playbook import finished, start_playbook
 
 FLEET_SIZE = 1
 pytestmark = pytest.mark.fleet
@@ -45,18 +44,10 @@ SHADOWS = {
 }
 
 
-def start(fleet, playbook, *args, extra_env=None, **popen) -> subprocess.Popen:
-    """ansible-playbook on the fleet with the repository's ansible.cfg, as operators run it, started."""
-    env = {**os.environ, **fleet.ansible_env(), "ANSIBLE_FORCE_COLOR": "0", **(extra_env or {})}
-    env.pop("ANSIBLE_CONFIG", None)
-    return subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(fleet.inventory), str(playbook), *args],
-                            cwd=REPO, env=env, text=True, **popen)
-
-
 def run(fleet, tmp_path, extra_env=None) -> subprocess.CompletedProcess:
     playbook = tmp_path / "probe.yml"
     playbook.write_text(PLAYBOOK)
-    proc = start(fleet, playbook, extra_env=extra_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_playbook(str(playbook), fleet.inventory, env={**fleet.ansible_env(), **(extra_env or {})})
     stdout, stderr = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
@@ -117,11 +108,10 @@ def test_a_false_conditional_skips_without_forking_a_worker(fleet, tmp_path, str
     playbook = tmp_path / "skips.yml"
     playbook.write_text(SKIPS)
     evaluators = tmp_path / "evaluators"
-    proc = start(fleet, playbook, "-e", f"evaluators={evaluators}",
-                 extra_env={"ANSIBLE_STRATEGY": strategy, "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "true",
-                            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"},
-                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = proc.communicate(timeout=300)[0]
+    proc = start_playbook(str(playbook), fleet.inventory, "-e", f"evaluators={evaluators}",
+                          env={**fleet.ansible_env(), "ANSIBLE_STRATEGY": strategy,
+                               "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "true", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+    output = finished(proc, timeout=300).output
     assert proc.returncode == 2, output
     (shown,) = [json.loads("{" + line + "}")["msg"] for line in output.splitlines() if '"msg": "registered: ' in line]
     assert json.loads(shown.removeprefix("registered: ")) == {
