@@ -258,9 +258,7 @@ def test_log_path_from_ini(tmp_path):
 
 # The runs wait here for the test's lock, then end together: their end lines are written at the same moment.
 MEET = """
-    - ansible.builtin.shell: >-
-        touch ready-{{ lookup('ansible.builtin.env', 'FLEETDECK_RUN_SOURCE') | replace(':', '-') }};
-        flock --shared meet true
+    - ansible.builtin.shell: mktemp -p . ready.XXXXXX && flock --shared meet true
       args:
         chdir: "{{ playbook_dir }}"
       run_once: true
@@ -276,7 +274,7 @@ def test_concurrent_runs_write_whole_lines_per_run(tmp_path):
                               wait=False)
                  for n in range(4)]
         deadline = time.monotonic() + 120
-        while len(list(tmp_path.glob("ready-*"))) < len(procs):
+        while len(list(tmp_path.glob("ready.*"))) < len(procs):
             assert time.monotonic() < deadline and all(proc.poll() is None for proc in procs), "a run never met"
             time.sleep(0.1)
     # Closing the file gave the lock back: the runs went on at once.
