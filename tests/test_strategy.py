@@ -123,3 +123,95 @@ def test_a_false_conditional_skips_without_forking_a_worker(fleet, tmp_path, str
     assert re.search(r"ok=1\s+changed=0\s+unreachable=0\s+failed=1\s+skipped=2", output), output
     evaluated_by = {int(pid) for pid in evaluators.read_text().split()}
     assert (evaluated_by == {proc.pid}) is (strategy != "linear"), (evaluated_by, proc.pid)
+
+
+# Controller-only actions: the record_process filter (tests/strategy_probe/) notes which process templated the
+# value. A lookup would send the task to a worker, so the probe is a filter.
+CONTROLLER_TASKS = """\
+- name: Controller-only actions without a worker
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Set a fact in a loop
+      ansible.builtin.set_fact:
+        numbers: "{{ (numbers | default([])) + [item * 2 | record_process(evaluators)] }}"
+      loop: [1, 2, 3]
+      register: looped
+    - name: An assertion that holds
+      ansible.builtin.assert:
+        that: numbers == [2, 4, 6]
+        quiet: true
+    - name: An assertion that fails, ignored
+      ansible.builtin.assert:
+        that: numbers == []
+        fail_msg: "numbers are {{ numbers }}"
+      register: failed_assert
+      ignore_errors: true
+    - name: Changed when told
+      ansible.builtin.debug:
+        msg: "numbers: {{ numbers }}"
+      changed_when: true
+      register: shown
+    - name: Include tasks per item
+      ansible.builtin.include_tasks: included.yml
+      loop: [a, b]
+    - name: Show what was registered
+      ansible.builtin.debug:
+        msg: "registered: {{ {'looped': looped, 'assert': failed_assert, 'shown': shown, 'included': included}
+          | to_json }}"
+    - name: Fail
+      ansible.builtin.fail:
+        msg: stop here
+"""
+INCLUDED = """\
+- name: Collect the item
+  ansible.builtin.set_fact:
+    included: "{{ (included | default([])) + [item | record_process(evaluators)] }}"
+"""
+RECORD_PROCESS = """\
+import os
+
+
+class FilterModule:
+    def filters(self):
+        return {"record_process": record_process}
+
+
+def record_process(value, path):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return value
+"""
+
+
+# profile_tasks' lines, and the notice that a strategy outside ansible.builtin is used.
+TIMINGS = re.compile(r"\d:\d\d:\d\d\.\d+|\d\.\d\ds$|DEPRECATION|Deprecation warnings")
+
+
+def test_controller_only_actions_run_without_forking_a_worker(fleet, tmp_path):
+    """set_fact, assert, debug, fail and include_tasks run in ansible-playbook itself, with the output, the
+    registered results and the recap of stock linear, which forks a worker for each host-task."""
+    (tmp_path / "filter_plugins").mkdir()
+    (tmp_path / "filter_plugins" / "record.py").write_text(RECORD_PROCESS)
+    (tmp_path / "included.yml").write_text(INCLUDED)
+    playbook = tmp_path / "controller.yml"
+    playbook.write_text(CONTROLLER_TASKS)
+    runs = {}
+    for strategy in ("fleetdeck.lifecycle.mitogen_linear", "linear"):
+        evaluators = tmp_path / f"evaluators-{strategy}"
+        proc = start_playbook(str(playbook), fleet.inventory, "-e", f"evaluators={evaluators}",
+                              env={**fleet.ansible_env(), "ANSIBLE_STRATEGY": strategy,
+                                   "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+        output = finished(proc, timeout=300).output
+        assert proc.returncode == 2, output
+        assert re.search(r"ok=9\s+changed=1\s+unreachable=0\s+failed=1\s+skipped=0\s+rescued=0\s+ignored=1",
+                         output), output
+        runs[strategy] = [line for line in output.splitlines() if not TIMINGS.search(line)]
+        evaluated_by = {int(pid) for pid in evaluators.read_text().split()}
+        assert (evaluated_by == {proc.pid}) is (strategy != "linear"), (evaluated_by, proc.pid)
+    assert runs["fleetdeck.lifecycle.mitogen_linear"] == runs["linear"]
+    (shown,) = [line for line in runs["linear"] if '"msg": "registered: ' in line]
+    registered = json.loads(json.loads("{" + shown + "}")["msg"].removeprefix("registered: "))
+    assert [item["ansible_facts"]["numbers"] for item in registered["looped"]["results"]] == [[2], [2, 4], [2, 4, 6]]
+    assert registered["assert"]["failed"] and registered["assert"]["msg"] == "numbers are [2, 4, 6]"
+    assert registered["shown"]["changed"] and registered["included"] == ["a", "b"]

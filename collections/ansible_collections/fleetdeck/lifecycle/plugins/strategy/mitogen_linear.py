@@ -35,6 +35,13 @@ description:
     worker's skip result to Ansible's result processing without forking, so callbacks, C(register) and the
     recap see the same result. Any other task, or a conditional that fails or warns, goes to a worker. A
     conditional that holds is evaluated again in the worker, so a lookup in it runs twice.
+  - Likewise, a host-task whose action runs on the controller alone (M(ansible.builtin.set_fact),
+    M(ansible.builtin.assert), M(ansible.builtin.debug), M(ansible.builtin.fail),
+    M(ansible.builtin.validate_argument_spec), M(ansible.builtin.include_tasks), M(ansible.builtin.include_role),
+    named by these FQCNs) runs in this process, through the worker's own task executor, on copies of the task
+    and its variables. Tasks that may wait (C(until), C(retries), C(async), C(timeout), a loop C(pause)), that
+    name a lookup in their arguments, loop, conditional or C(vars), that are delegated or use C(with_*), still
+    go to a worker, so that a slow one does not hold up the others.
   - To run without Mitogen although it is installed, choose the stock strategy, for example
     E(ANSIBLE_STRATEGY=linear).
 requirements:
@@ -48,7 +55,7 @@ from ansible.errors import AnsibleError
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
 from ansible.utils.display import Display
 from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils import jinja_code_cache, mitogen_import_cache
-from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils.forkless_skips import ForklessSkips
+from ansible_collections.fleetdeck.lifecycle.plugins.plugin_utils.forkless_tasks import ForklessTasks
 
 display = Display()
 jinja_code_cache.install()
@@ -65,7 +72,7 @@ else:
 if MITOGEN_UNAVAILABLE:
     _noticed = False
 
-    class StrategyModule(ForklessSkips, LinearStrategy):
+    class StrategyModule(ForklessTasks, LinearStrategy):
         def run(self, iterator, play_context):
             global _noticed  # one notice per ansible-playbook run, not one per play
             if not _noticed:
@@ -77,5 +84,5 @@ else:
     # Before Mitogen's connection process forks from this one, so that it inherits the cache.
     mitogen_import_cache.install()
 
-    class StrategyModule(ForklessSkips, ansible_mitogen.strategy.StrategyMixin, LinearStrategy):
+    class StrategyModule(ForklessTasks, ansible_mitogen.strategy.StrategyMixin, LinearStrategy):
         pass
