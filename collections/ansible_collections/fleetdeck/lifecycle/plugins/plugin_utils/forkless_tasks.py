@@ -13,7 +13,8 @@ ansible-core forks a worker for every host-task. Two kinds need nothing that a f
   validate_argument_spec, include_tasks, include_role, named by their FQCN): the worker's own TaskExecutor runs
   it here, conditional and loop included, on copies of the task and of its variables, since it changes both in
   place. Tasks that can wait (until, retries, async, timeout, a loop pause) or name a lookup, which may be
-  slow, still go to a worker, so that hosts wait in parallel; so do delegated tasks and with_* loops.
+  slow, still go to a worker, so that hosts wait in parallel; so do delegated tasks and with_* loops. A lookup
+  reached through a variable (a role default, say) runs here.
 
 Either way callbacks, register, handlers and the recap cannot tell the difference. Anything else goes to a
 worker as before.

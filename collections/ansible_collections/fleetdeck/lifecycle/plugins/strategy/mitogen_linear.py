@@ -41,7 +41,8 @@ description:
     named by these FQCNs) runs in this process, through the worker's own task executor, on copies of the task
     and its variables. Tasks that may wait (C(until), C(retries), C(async), C(timeout), a loop C(pause)), that
     name a lookup in their arguments, loop, conditional or C(vars), that are delegated or use C(with_*), still
-    go to a worker, so that a slow one does not hold up the others.
+    go to a worker, so that a slow one does not hold up the others. A lookup reached through a variable, such
+    as a role default, runs in this process.
   - To run without Mitogen although it is installed, choose the stock strategy, for example
     E(ANSIBLE_STRATEGY=linear).
 requirements:
