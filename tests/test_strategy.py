@@ -125,8 +125,8 @@ def test_a_false_conditional_skips_without_forking_a_worker(fleet, tmp_path, str
     assert (evaluated_by == {proc.pid}) is (strategy != "linear"), (evaluated_by, proc.pid)
 
 
-# Controller-only actions: the record_process filter (tests/strategy_probe/) notes which process templated the
-# value. A lookup would send the task to a worker, so the probe is a filter.
+# Controller-only actions: the record_process filter (written next to the playbook) notes which process templated
+# the value. A lookup would send the task to a worker, so the probe is a filter.
 CONTROLLER_TASKS = """\
 - name: Controller-only actions without a worker
   hosts: all
