@@ -76,6 +76,17 @@ def test_stock_linear_with_one_notice_when_mitogen_cannot_be_used(fleet, tmp_pat
     assert re.search(r"ok=3\s+changed=0\s+unreachable=0\s+failed=0", proc.stdout), proc.stdout
 
 
+def shown_registered(output: str):
+    """The value printed by a playbook's debug task with msg "registered: <json>"."""
+    (line,) = [line for line in output.splitlines() if '"msg": "registered: ' in line]
+    return json.loads(json.loads("{" + line + "}")["msg"].removeprefix("registered: "))
+
+
+def processes(path) -> set[int]:
+    """The process ids a probe wrote to PATH, one per line."""
+    return {int(pid) for pid in path.read_text().split()}
+
+
 # The conditional's pipe lookup records which process evaluated it: its shell's parent.
 SKIPS = """\
 - name: Skip without a worker
@@ -113,15 +124,14 @@ def test_a_false_conditional_skips_without_forking_a_worker(fleet, tmp_path, str
                                "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "true", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
     output = finished(proc, timeout=300).output
     assert proc.returncode == 2, output
-    (shown,) = [json.loads("{" + line + "}")["msg"] for line in output.splitlines() if '"msg": "registered: ' in line]
-    assert json.loads(shown.removeprefix("registered: ")) == {
+    assert shown_registered(output) == {
         "changed": False, "false_condition": "lookup('ansible.builtin.pipe', 'echo $PPID >> ' ~ evaluators) is "
                                              "string and run_it",
         "skip_reason": "Conditional result was False", "skipped": True}
     assert re.search(r"skipping: \[\S+\] => \(item=1\)", output), output
     assert "'no_such_variable' is undefined" in output
     assert re.search(r"ok=1\s+changed=0\s+unreachable=0\s+failed=1\s+skipped=2", output), output
-    evaluated_by = {int(pid) for pid in evaluators.read_text().split()}
+    evaluated_by = processes(evaluators)
     assert (evaluated_by == {proc.pid}) is (strategy != "linear"), (evaluated_by, proc.pid)
 
 
@@ -207,11 +217,10 @@ def test_controller_only_actions_run_without_forking_a_worker(fleet, tmp_path):
         assert re.search(r"ok=9\s+changed=1\s+unreachable=0\s+failed=1\s+skipped=0\s+rescued=0\s+ignored=1",
                          output), output
         runs[strategy] = [line for line in output.splitlines() if not TIMINGS.search(line)]
-        evaluated_by = {int(pid) for pid in evaluators.read_text().split()}
+        evaluated_by = processes(evaluators)
         assert (evaluated_by == {proc.pid}) is (strategy != "linear"), (evaluated_by, proc.pid)
     assert runs["fleetdeck.lifecycle.mitogen_linear"] == runs["linear"]
-    (shown,) = [line for line in runs["linear"] if '"msg": "registered: ' in line]
-    registered = json.loads(json.loads("{" + shown + "}")["msg"].removeprefix("registered: "))
+    registered = shown_registered("\n".join(runs["linear"]))
     assert [item["ansible_facts"]["numbers"] for item in registered["looped"]["results"]] == [[2], [2, 4], [2, 4, 6]]
     assert registered["assert"]["failed"] and registered["assert"]["msg"] == "numbers are [2, 4, 6]"
     assert registered["shown"]["changed"] and registered["included"] == ["a", "b"]

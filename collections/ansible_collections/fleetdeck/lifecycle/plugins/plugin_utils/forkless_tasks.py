@@ -1,23 +1,11 @@
 # Copyright: fleetdeck contributors
 # MIT License (see galaxy.yml)
 
-"""Host-tasks settled in the strategy's own process instead of a forked worker.
-
-ansible-core forks a worker for every host-task. Two kinds need nothing that a fork gives:
-
-- A task whose conditional is false: the worker finds it skipped before it connects to the host. For a task
-  with no loop and no delegation, this evaluates the conditional before forking, with the call and the
-  variables the worker would use. When it is false, and the evaluation raised and warned nothing, the worker's
-  own skip result goes through the same results queue.
-- A task whose action runs on the controller alone and at once (set_fact, assert, debug, fail,
-  validate_argument_spec, include_tasks, include_role, named by their FQCN): the worker's own TaskExecutor runs
-  it here, conditional and loop included, on copies of the task and of its variables, since it changes both in
-  place. Tasks that can wait (until, retries, async, timeout, a loop pause) or name a lookup, which may be
-  slow, still go to a worker, so that hosts wait in parallel; so do delegated tasks and with_* loops. A lookup
-  reached through a variable (a role default, say) runs here.
-
-Either way callbacks, register, handlers and the recap cannot tell the difference. Anything else goes to a
-worker as before.
+"""Host-tasks settled in the strategy's own process instead of a forked worker: those whose conditional is false
+(skip_result), and those whose action runs on the controller alone and at once (runs_on_controller). What is
+settled here, what still forks and why is described once, in the mitogen_linear strategy's DOCUMENTATION.
+Either way the worker's own result goes through the same results queue, so callbacks, register, handlers and
+the recap cannot tell the difference.
 """
 
 from __future__ import annotations
