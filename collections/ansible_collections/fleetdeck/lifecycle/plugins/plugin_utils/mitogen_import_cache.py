@@ -13,7 +13,9 @@ answers from the cache, `mitogen.imports.codeobj_imports` for one that reads the
 `mitogen.minify.minimize_source` for one that reads the cached text. Both modules use `compile` for nothing
 but those import scans. Mitogen is imported here only by `install()`, which the strategy calls once it knows
 Mitogen is there. A minified source is sent to the hosts and run there: the cache directory is as trusted as
-the Python packages it comes from, so it is its owner's alone (0700)."""
+the Python packages it comes from, so it is its owner's alone (0700).
+
+`list_collections_once()` spares each task worker Mitogen's listing of the installed collections."""
 
 from __future__ import annotations
 
@@ -120,6 +122,22 @@ def with_target_code_cache(original):
             display.vvv(f"no compiled code cache in {context.name}: {str(exc).splitlines()[0]}")
 
     return send_module_forwards
+
+
+def list_collections_once(patch=setattr) -> tuple[str, ...]:
+    """List the collection directories now, in the strategy's process, and make Mitogen's planner add this list
+    to the search path of each collection module it runs. The planner would list them itself in every task
+    worker that runs one, loading each collection's metadata again, since what it loads dies with the worker."""
+    import ansible.collections.list
+    import ansible_mitogen.planner
+
+    found = tuple(path.decode("utf-8") for path in ansible.collections.list.list_collection_dirs())
+
+    def load_collections(invocation):
+        invocation._extra_sys_paths.update(found)
+
+    patch(ansible_mitogen.planner, "_load_collections", load_collections)
+    return found
 
 
 def install(directory: str | None = None, patch=setattr) -> tuple[ImportCache, MinifyCache]:

@@ -19,6 +19,9 @@ description:
     in C($XDG_CACHE_HOME/fleetdeck/mitogen) (by default C(~/.cache/fleetdeck/mitogen)), one small file per
     module version keyed by a hash of its source, so that later runs skip that work. Deleting the directory
     only costs the next run that time.
+  - Mitogen lists the installed collections, loading the metadata of each, in every task worker that runs a
+    collection module. This strategy lists them once per play, before it forks the workers, and Mitogen uses
+    that list.
   - The hosts compile the same modules again in every run, as source from the controller. In each new Mitogen
     context this strategy first installs a cache of their compiled code (marshal) in
     C(~/.cache/fleetdeck/mitogen-code) of the account the context runs as, on that host, about 2 MB per
@@ -86,4 +89,6 @@ else:
     mitogen_import_cache.install()
 
     class StrategyModule(ForklessTasks, ansible_mitogen.strategy.StrategyMixin, LinearStrategy):
-        pass
+        def run(self, iterator, play_context):
+            mitogen_import_cache.list_collections_once()  # before this play forks its task workers
+            return super().run(iterator, play_context)

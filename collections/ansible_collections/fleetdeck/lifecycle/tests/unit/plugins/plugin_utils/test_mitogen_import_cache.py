@@ -10,8 +10,10 @@ import json
 import os
 from pathlib import Path
 
+import ansible.collections.list
 import ansible.module_utils.basic
 import ansible_mitogen.module_finder
+import ansible_mitogen.planner
 import mitogen.imports
 import mitogen.master
 import mitogen.minify
@@ -142,3 +144,23 @@ def test_installed_mitogen_finds_the_same_modules_and_a_later_run_compiles_nothi
     with no_compiling():
         again = mitogen_scans()
     assert again == expected
+
+
+def test_the_planner_adds_the_collections_listed_once_before_the_workers_fork(monkeypatch):
+    class Invocation:
+        def __init__(self):
+            self._extra_sys_paths = set()
+
+    by_mitogen = Invocation()
+    ansible_mitogen.planner._load_collections(by_mitogen)
+    assert any(path.endswith("/fleetdeck/lifecycle") for path in by_mitogen._extra_sys_paths)
+    listings = []
+    real = ansible.collections.list.list_collection_dirs
+    monkeypatch.setattr(ansible.collections.list, "list_collection_dirs", lambda: listings.append(1) or real())
+
+    mitogen_import_cache.list_collections_once(lambda target, name, value: monkeypatch.setattr(target, name, value))
+    modules = [Invocation(), Invocation()]
+    for invocation in modules:  # as two collection modules of the play would
+        ansible_mitogen.planner._load_collections(invocation)
+    assert listings == [1]
+    assert [invocation._extra_sys_paths for invocation in modules] == [by_mitogen._extra_sys_paths] * 2
