@@ -158,7 +158,7 @@ def test_the_planner_adds_the_collections_listed_once_before_the_workers_fork(mo
     real = ansible.collections.list.list_collection_dirs
     monkeypatch.setattr(ansible.collections.list, "list_collection_dirs", lambda: listings.append(1) or real())
 
-    mitogen_import_cache.list_collections_once(lambda target, name, value: monkeypatch.setattr(target, name, value))
+    mitogen_import_cache.list_collections_once(monkeypatch.setattr)
     modules = [Invocation(), Invocation()]
     for invocation in modules:  # as two collection modules of the play would
         ansible_mitogen.planner._load_collections(invocation)
