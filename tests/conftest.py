@@ -69,6 +69,7 @@ def alerts():
     server.shutdown()
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which `-p no:xdist` leaves out
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker more than the cores this run may use, because each worker spends part of its time
     waiting on its hosts (3 on 2 cores)."""
