@@ -124,7 +124,7 @@ def with_target_code_cache(original):
     return send_module_forwards
 
 
-def list_collections_once(patch=setattr) -> tuple[str, ...]:
+def list_collections_once(patch=setattr) -> None:
     """List the collection directories now, in the strategy's process, and make Mitogen's planner add this list
     to the search path of each collection module it runs. The planner would list them itself in every task
     worker that runs one, loading each collection's metadata again, since what it loads dies with the worker."""
@@ -137,7 +137,6 @@ def list_collections_once(patch=setattr) -> tuple[str, ...]:
         invocation._extra_sys_paths.update(found)
 
     patch(ansible_mitogen.planner, "_load_collections", load_collections)
-    return found
 
 
 def install(directory: str | None = None, patch=setattr) -> tuple[ImportCache, MinifyCache]:
